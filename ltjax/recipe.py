@@ -1,0 +1,176 @@
+"""The contract between the training engine and the methods.
+
+A method (ERM, LOBM, DBN-Mix, ...) is a `Recipe`: it builds its batch(es) from a
+`StepContext` (keys, epoch, the on-device dataset and its samplers), runs the model through
+a functional `Forward`, and returns a scalar loss. The engine owns everything else
+(optimiser, schedules, the compiled epoch loop, sharding, checkpoints), so a new mixup
+method is one small module that subclasses `Recipe`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from ltjax import samplers
+
+PyTree = Any
+Outputs = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class DeviceDataset:
+  """A small dataset that lives on the device for the compiled epoch loop.
+
+  Attributes:
+    images: (N, H, W, C) uint8 images.
+    labels: (N,) int32 labels.
+    index: the ClassIndex used by every class-conditional sampler.
+  """
+  images: jax.Array
+  labels: jax.Array
+  index: samplers.ClassIndex
+
+  @property
+  def num_samples(self) -> int:
+    return self.labels.shape[0]
+
+  @property
+  def num_classes(self) -> int:
+    return self.index.num_classes
+
+  @property
+  def class_counts(self) -> jax.Array:
+    return self.index.counts
+
+
+class Forward(NamedTuple):
+  """A model application that threads mutable collections (batch statistics) functionally.
+
+  `outputs, forward = forward(x)` runs the model in training mode on `x` and returns the
+  model's output dict together with a Forward that carries the updated batch statistics.
+  Model outputs: `logits` (B, K) and `features` (B, D); dual-branch models called with
+  `x_rebalance=` also give `logits_c`, `logits_r`, `features_c`, `features_r`.
+  """
+  apply_fn: Callable[..., Any]
+  params: PyTree
+  batch_stats: PyTree
+  train: bool = True
+
+  def __call__(self, x: jax.Array, **kwargs) -> tuple[Outputs, "Forward"]:
+    variables = {"params": self.params}
+    if not self.train or not self.batch_stats:
+      if self.batch_stats:
+        variables["batch_stats"] = self.batch_stats
+      return self.apply_fn(variables, x, train=self.train, **kwargs), self
+    variables["batch_stats"] = self.batch_stats
+    outputs, updates = self.apply_fn(variables, x, train=True, mutable=["batch_stats"],
+                                     **kwargs)
+    return outputs, self._replace(batch_stats=updates["batch_stats"])
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """Everything a recipe may read in one training step (built inside the compiled step).
+
+  Attributes:
+    key: this step's PRNG key (derived from the run seed and the global step, so a resumed
+      run draws the same numbers).
+    step: global step (int32 scalar, traced).
+    epoch: current epoch, 0-based (int32 scalar, traced).
+    num_epochs: total epochs of the run (static).
+    batch_size: B (static).
+    clean_indices: (B,) instance-balanced indices of this step (epoch permutation).
+    data: the on-device training set.
+    load: `load(key, indices) -> (x, labels)` gathers, augments and normalises images.
+  """
+  key: jax.Array
+  step: jax.Array
+  epoch: jax.Array
+  num_epochs: int
+  batch_size: int
+  clean_indices: jax.Array
+  data: DeviceDataset
+  load: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+  @property
+  def num_classes(self) -> int:
+    return self.data.num_classes
+
+  @property
+  def class_counts(self) -> jax.Array:
+    return self.data.class_counts
+
+  def keys(self, *names: str) -> dict[str, jax.Array]:
+    """Independent sub-keys of this step's key, one per name (stable across recipes)."""
+    return {n: jax.random.fold_in(self.key, i) for i, n in enumerate(names)}
+
+  def clean_batch(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The step's instance-balanced batch (epoch permutation), augmented."""
+    return self.load(key, self.clean_indices)
+
+  def draw(self, key: jax.Array, probs: jax.Array, num: int | None = None
+           ) -> tuple[jax.Array, jax.Array]:
+    """A batch drawn with replacement from the whole dataset by a class law `probs`."""
+    key_idx, key_aug = jax.random.split(key)
+    idx = samplers.draw_indices(key_idx, self.data.index, probs, num or self.batch_size)
+    return self.load(key_aug, idx)
+
+
+class LossOutput(NamedTuple):
+  """What a recipe's loss returns besides the scalar loss."""
+  forward: Forward
+  method_state: PyTree
+  metrics: dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe(abc.ABC):
+  """Base class of every method. Subclasses are frozen dataclasses of hyperparameters.
+
+  Attributes:
+    name: registry name.
+    branches: 1 for single-branch models, 2 for dual-branch (DBN-Mix) models.
+    head: classifier head the model must have ("linear" or "normalized").
+  """
+  name: str = "recipe"
+  branches: int = 1
+  head: str = "linear"
+
+  def init_state(self, class_counts: jax.Array) -> PyTree:
+    """Initial method state (confusion counts, ...); () when the method has none."""
+    del class_counts
+    return ()
+
+  def begin_epoch(self, method_state: PyTree, epoch: jax.Array, data: DeviceDataset,
+                  evaluate: Callable[[jax.Array], Outputs], key: jax.Array) -> PyTree:
+    """Hook run inside the compiled epoch before its first step.
+
+    Args:
+      method_state: current method state.
+      epoch: the epoch about to start (traced).
+      data: training set.
+      evaluate: `evaluate(x) -> outputs`, the model in inference mode (no gradient).
+      key: PRNG key for this epoch.
+    """
+    del epoch, data, evaluate, key
+    return method_state
+
+  @abc.abstractmethod
+  def loss(self, forward: Forward, ctx: StepContext, method_state: PyTree
+           ) -> tuple[jax.Array, LossOutput]:
+    """Scalar training loss of one step (differentiated w.r.t. `forward.params`)."""
+
+  def logits(self, outputs: Outputs) -> jax.Array:
+    """Inference logits from the model outputs (dual-branch: averaged branches)."""
+    return outputs["logits"]
+
+
+def soft_labels(labels: jax.Array, num_classes: int) -> jax.Array:
+  """One-hot float32 labels (B, K)."""
+  return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)

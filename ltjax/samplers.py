@@ -1,0 +1,187 @@
+"""Class-conditional samplers: PRNG key + class counts in, dataset indices out.
+
+Every sampler is a law over classes followed by a uniform draw inside the chosen class
+(the two-stage sampler of Kang et al. 2020 and of LOBM, Zhang et al. 2023, eq. 4-5).
+The draws run under `jit` on the whole dataset, not on the current minibatch.
+
+| sampler            | P(class k)                                   | used by                    |
+|--------------------|----------------------------------------------|----------------------------|
+| instance-balanced  | n_k / N                                      | ERM, mixup, OTmix backgrnd |
+| class-balanced     | 1 / K                                        | LOBM (twice), DBN-Mix      |
+| reverse(gamma)     | w_k / sum w, w_k = (n_max / n_k)^(1/gamma)   | BBN / DBN-Mix re-balancing |
+| inverse power(r)   | n_k^-r / sum n^-r                            | OTmix / CMO foreground     |
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from ltjax import _checks
+
+SAMPLERS = ("instance", "class_balanced", "reverse", "inverse_power")
+
+
+class ClassIndex(NamedTuple):
+  """Dataset indices grouped by class, for O(1) within-class draws on device.
+
+  Attributes:
+    order: (N,) dataset indices sorted by label (stable).
+    starts: (K,) position in `order` where each class begins.
+    counts: (K,) number of samples of each class (n_k).
+  """
+  order: jax.Array
+  starts: jax.Array
+  counts: jax.Array
+
+  @property
+  def num_classes(self) -> int:
+    return self.counts.shape[0]
+
+
+def build_class_index(labels: ArrayLike, num_classes: int,
+                      allow_empty: bool = False) -> ClassIndex:
+  """Groups dataset indices by label.
+
+  Args:
+    labels: (N,) integer labels in [0, num_classes).
+    num_classes: K.
+    allow_empty: accept classes with no sample (they can never be drawn).
+
+  Returns:
+    A ClassIndex.
+
+  Raises:
+    ValueError: labels out of range, or an empty class when `allow_empty` is False.
+  """
+  _checks.check_labels(labels, num_classes)
+  labels = jnp.asarray(labels, jnp.int32)
+  counts = jnp.bincount(labels, length=num_classes).astype(jnp.int32)
+  _checks.check_counts(counts, allow_empty=allow_empty)
+  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
+  starts = (jnp.cumsum(counts) - counts).astype(jnp.int32)
+  return ClassIndex(order=order, starts=starts, counts=counts)
+
+
+def instance_balanced_probs(counts: ArrayLike) -> jax.Array:
+  """P(class k) = n_k / N."""
+  _checks.check_counts(counts, allow_empty=True)
+  c = jnp.asarray(counts, jnp.float32)
+  return c / c.sum()
+
+
+def class_balanced_probs(counts: ArrayLike) -> jax.Array:
+  """P(class k) = 1 / K over the non-empty classes (LOBM eq. 4)."""
+  _checks.check_counts(counts, allow_empty=True)
+  present = (jnp.asarray(counts) > 0).astype(jnp.float32)
+  return present / present.sum()
+
+
+def reverse_probs(counts: ArrayLike, gamma: float = math.inf) -> jax.Array:
+  """Reverse sampler of BBN / DBN-Mix: P(k) = w_k / sum_j w_j, w_k = (n_max / n_k)^(1/gamma).
+
+  gamma = inf gives the class-balanced sampler; gamma = 1 the inverse-frequency one.
+  Empty classes get probability 0.
+  """
+  _checks.check_counts(counts, allow_empty=True)
+  _checks.check_positive(gamma, "gamma", allow_inf=True)
+  c = jnp.asarray(counts, jnp.float32)
+  present = c > 0
+  safe = jnp.where(present, c, 1.0)
+  w = jnp.where(present, (c.max() / safe) ** (1.0 / gamma), 0.0)
+  return w / w.sum()
+
+
+def inverse_power_probs(counts: ArrayLike, r: float = 1.0) -> jax.Array:
+  """Inverse-frequency power sampler of CMO / OTmix: P(k) = n_k^-r / sum_j n_j^-r.
+
+  r = 1 is inverse frequency, r = 1/2 square root, r = 0 class-balanced.
+  """
+  _checks.check_counts(counts, allow_empty=True)
+  _checks.check_positive(r, "r", allow_zero=True)
+  c = jnp.asarray(counts, jnp.float32)
+  present = c > 0
+  w = jnp.where(present, jnp.where(present, c, 1.0) ** (-r), 0.0)
+  return w / w.sum()
+
+
+def class_probs(name: str, counts: ArrayLike, *, gamma: float = math.inf,
+                r: float = 1.0) -> jax.Array:
+  """Class law of the sampler called `name` (one of `SAMPLERS`)."""
+  if name == "instance":
+    return instance_balanced_probs(counts)
+  if name == "class_balanced":
+    return class_balanced_probs(counts)
+  if name == "reverse":
+    return reverse_probs(counts, gamma)
+  if name == "inverse_power":
+    return inverse_power_probs(counts, r)
+  raise ValueError(f"Unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}.")
+
+
+def draw_from_classes(key: jax.Array, index: ClassIndex, classes: ArrayLike) -> jax.Array:
+  """Draws one dataset index uniformly inside each requested class.
+
+  Args:
+    key: PRNG key.
+    index: ClassIndex of the dataset.
+    classes: (...,) class ids; each must be non-empty.
+
+  Returns:
+    Dataset indices with the shape of `classes`.
+  """
+  classes = jnp.asarray(classes, jnp.int32)
+  u = jax.random.uniform(key, classes.shape)
+  n = index.counts[classes]
+  offset = jnp.minimum(jnp.floor(u * n).astype(jnp.int32), jnp.maximum(n - 1, 0))
+  return index.order[index.starts[classes] + offset]
+
+
+def draw_indices(key: jax.Array, index: ClassIndex, probs: ArrayLike,
+                 num: int) -> jax.Array:
+  """Two-stage draw: `num` classes from `probs`, then one index uniformly in each.
+
+  Args:
+    key: PRNG key.
+    index: ClassIndex of the dataset.
+    probs: (K,) class probabilities (e.g. from `class_probs`).
+    num: number of indices (static).
+
+  Returns:
+    (num,) int32 dataset indices, drawn with replacement.
+  """
+  _checks.check_shape(probs, (index.num_classes,), "probs")
+  key_class, key_item = jax.random.split(key)
+  classes = jax.random.categorical(key_class, jnp.log(jnp.asarray(probs)), shape=(num,))
+  return draw_from_classes(key_item, index, classes)
+
+
+def draw_instances(key: jax.Array, num_samples: int, num: int) -> jax.Array:
+  """Instance-balanced draw with replacement: `num` indices uniform in [0, num_samples)."""
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+  return jax.random.randint(key, (num,), 0, num_samples, dtype=jnp.int32)
+
+
+def epoch_permutation(key: jax.Array, num_samples: int, batch_size: int) -> jax.Array:
+  """Instance-balanced epoch without replacement, as a (steps, batch_size) index grid.
+
+  The reference PyTorch loops shuffle the dataset each epoch and drop the last partial
+  batch; this does the same: steps = num_samples // batch_size.
+  """
+  if batch_size < 1 or batch_size > num_samples:
+    raise ValueError(f"batch_size must be in [1, {num_samples}], got {batch_size}.")
+  steps = num_samples // batch_size
+  perm = jax.random.permutation(key, num_samples)[:steps * batch_size]
+  return perm.reshape(steps, batch_size).astype(jnp.int32)
+
+
+def numpy_class_index(labels: np.ndarray, num_classes: int) -> ClassIndex:
+  """Host-side ClassIndex (numpy arrays) for input pipelines such as grain."""
+  index = build_class_index(np.asarray(labels), num_classes)
+  return ClassIndex(*(np.asarray(a) for a in index))

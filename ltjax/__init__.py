@@ -1,3 +1,33 @@
-"""ltjax: long-tailed image recognition with mixup, functionally in JAX/Flax."""
+"""ltjax: long-tailed image recognition with mixup, functionally in JAX/Flax.
+
+The primitives are pure functions grouped by concept:
+
+- `ltjax.longtail`: long-tailed class counts and seeded subsets.
+- `ltjax.samplers`: class-conditional, PRNG-keyed index draws.
+- `ltjax.mixing`, `ltjax.label_rules`: input mixing (mixup, CutMix) and label rules.
+- `ltjax.pairing`: random, nearest-neighbour, confusion and optimal-transport pairs.
+- `ltjax.losses`, `ltjax.metrics`, `ltjax.augment`.
+
+Heavier pieces load on first access: `ltjax.models` (Flax), `ltjax.training` (optax,
+orbax), `ltjax.methods` (the recipes), `ltjax.data` (datasets, grain), `ltjax.reporting`
+and `ltjax.plots` (matplotlib).
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+
+_LAZY_SUBMODULES = (
+    "augment", "data", "label_rules", "longtail", "losses", "methods", "metrics",
+    "mixing", "models", "pairing", "plots", "recipe", "reporting", "samplers", "training",
+)
+
+
+def __getattr__(name: str):
+  if name in _LAZY_SUBMODULES:
+    return importlib.import_module(f"ltjax.{name}")
+  raise AttributeError(f"module 'ltjax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY_SUBMODULES))

@@ -155,7 +155,9 @@ class Recipe(abc.ABC):
       method_state: current method state.
       epoch: the epoch about to start (traced).
       data: training set.
-      evaluate: `evaluate(x) -> outputs`, the model in inference mode (no gradient).
+      evaluate: `evaluate(x) -> outputs`, the model in inference mode (no gradient);
+        uint8 images (e.g. `data.images[idx]`) are normalised as in training, without
+        augmentation; float inputs go to the model as they are.
       key: PRNG key for this epoch.
     """
     del epoch, data, evaluate, key

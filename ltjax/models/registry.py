@@ -1,0 +1,56 @@
+"""Model registry: `get_model(name, num_classes, head=..., **kwargs)`.
+
+| name            | model                                           | input            |
+|-----------------|-------------------------------------------------|------------------|
+| resnet32        | ResNet-32, option-A shortcuts (0.46 M)          | 32x32 CIFAR      |
+| resnet10/18/50  | ImageNet ResNets (5.4 / 11.7 / 25.6 M, K=1000)  | 224x224 ImageNet |
+| small_cnn       | SmallCNN (5 k)                                  | 8x8 .. 32x32     |
+| mlp             | MLP                                             | (B, D) toy data  |
+| dual_resnet32   | dual-branch ResNet-32 (layout="stage"/"block")  | 32x32 CIFAR      |
+| dual_small_cnn  | dual-branch SmallCNN                            | 8x8 .. 32x32     |
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from flax import linen as nn
+
+from ltjax.models import dual_branch, heads, resnet_cifar, resnet_imagenet, small
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet32": resnet_cifar.resnet32,
+    "resnet10": resnet_imagenet.resnet10,
+    "resnet18": resnet_imagenet.resnet18,
+    "resnet50": resnet_imagenet.resnet50,
+    "small_cnn": small.small_cnn,
+    "mlp": small.mlp,
+    "dual_resnet32": dual_branch.dual_resnet32,
+    "dual_small_cnn": dual_branch.dual_small_cnn,
+}
+
+
+def get_model(name: str, num_classes: int, head: str = "linear", **kwargs: Any) -> nn.Module:
+  """The model `name` with `num_classes` outputs and the given head.
+
+  Args:
+    name: a key of MODELS.
+    num_classes: K (>= 1).
+    head: "linear", "linear_nobias" or "normalized".
+    **kwargs: model options (layout= for dual models, widths= for small_cnn and
+      dual_small_cnn, hidden= for mlp).
+
+  Raises:
+    ValueError: for an unknown name or head, or num_classes < 1.
+  """
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}.")
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+  heads.check_head(head)
+  return MODELS[name](num_classes, head=head, **kwargs)
+
+
+def is_dual_branch(model: nn.Module) -> bool:
+  """True for a dual-branch model (its outputs carry logits_c / logits_r)."""
+  return isinstance(model, dual_branch.DualBranchNet)

@@ -1,0 +1,119 @@
+"""Checkpoints of a run with orbax: `workdir/checkpoints/<epoch>/{state, meta}`.
+
+A checkpoint is the whole `TrainState` plus a JSON sidecar (`meta`: epoch, phase, seed and
+metrics), written together by one `orbax.checkpoint.CheckpointManager.save`. Orbax writes
+into `<epoch>.orbax-checkpoint-tmp-*` and renames the directory when every file is written,
+so a write that dies half way leaves only a temporary directory: it is never listed as a
+checkpoint (and is removed when the next Checkpointer opens the directory), and
+`latest_epoch` / `restore` use the last complete one. The step number of a checkpoint is the
+number of epochs completed over the whole run.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+def _jsonable(value: Any) -> Any:
+  """Plain Python values for the JSON sidecar (arrays become lists; nan stays nan)."""
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, (str, bool)) or value is None:
+    return value
+  arr = np.asarray(value)
+  if arr.ndim:
+    return _jsonable(arr.tolist())
+  item = arr.item()
+  return item if isinstance(item, int) or not math.isfinite(item) else float(item)
+
+
+class Checkpointer:
+  """Saves every `save_every` epochs, keeps the last `keep`, restores the latest.
+
+  Args:
+    workdir: run directory; checkpoints go to `workdir/checkpoints`.
+    save_every: save when the number of completed epochs is a multiple of this.
+    keep: number of most recent checkpoints kept on disk.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, *, save_every: int = 1, keep: int = 3):
+    if save_every < 1:
+      raise ValueError(f"save_every must be >= 1, got {save_every}.")
+    if keep < 1:
+      raise ValueError(f"keep must be >= 1, got {keep}.")
+    self.save_every = save_every
+    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+        enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def save(self, epoch: int, state: PyTree, *, phase: int, seed: int,
+           metrics: dict[str, Any] | None = None, force: bool = False) -> bool:
+    """Saves `state` after `epoch` completed epochs when due (or `force`).
+
+    Returns:
+      True when a checkpoint was written (False: not due, or one exists for `epoch`).
+    """
+    due = force or epoch % self.save_every == 0
+    if not due or epoch in self._manager.all_steps():
+      return False
+    meta = _jsonable({"epoch": epoch, "phase": phase, "seed": seed,
+                      "metrics": metrics or {}})
+    self._manager.save(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    self._manager.wait_until_finished()
+    return True
+
+  def latest_epoch(self) -> int | None:
+    """Completed epochs of the last complete checkpoint, None when there is none."""
+    self._manager.reload()
+    return self._manager.latest_step()
+
+  def all_epochs(self) -> list[int]:
+    """Epochs of every complete checkpoint on disk, ascending."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def metadata(self, epoch: int | None = None) -> dict[str, Any]:
+    """The JSON sidecar of a checkpoint (default: the latest)."""
+    epoch = self._resolve(epoch)
+    return dict(self._manager.restore(
+        epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+  def restore(self, template: PyTree, epoch: int | None = None
+              ) -> tuple[PyTree, dict[str, Any]]:
+    """Restores a checkpoint (default: the latest) into the structure of `template`.
+
+    Args:
+      template: a state with the saved structure; its arrays give shapes, dtypes and
+        shardings of the restored arrays.
+      epoch: which checkpoint; None for the latest complete one.
+
+    Returns:
+      (state, metadata).
+    """
+    epoch = self._resolve(epoch)
+    restored = self._manager.restore(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+    return restored.state, dict(restored.meta)
+
+  def close(self) -> None:
+    """Waits for pending writes and releases the manager."""
+    self._manager.close()
+
+  def _resolve(self, epoch: int | None) -> int:
+    epoch = self.latest_epoch() if epoch is None else epoch
+    if epoch is None or epoch not in self._manager.all_steps():
+      raise FileNotFoundError(f"no complete checkpoint for epoch {epoch} in "
+                              f"{self.directory}.")
+    return epoch

@@ -1,0 +1,175 @@
+"""The compiled training epoch: every step of an epoch in one `lax.scan`.
+
+`make_train_epoch` returns `train_epoch(state, epoch) -> (state, metrics)`, one jitted call
+per epoch. Inside it:
+
+1. `recipe.begin_epoch(method_state, epoch, data, evaluate, fold_in(keys.epoch, e))`, with
+   `evaluate` the model in inference mode under `stop_gradient`;
+2. the instance-balanced permutation `samplers.epoch_permutation(fold_in(keys.permutation,
+   e), N, B)`, with e = epoch_offset + epoch the run's global epoch;
+3. `lax.scan` over its rows; step t (global) uses `key = fold_in(keys.step, t)`, builds a
+   `StepContext`, differentiates `recipe.loss` w.r.t. the params, applies the optimiser and
+   threads the BatchNorm statistics and the method state.
+
+Sampling, augmentation and normalisation run on device inside the step; nothing goes back to
+the host until the epoch's metrics are read. `epoch` is a traced int32, so every epoch of a
+phase reuses one compilation, and the state argument is donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from ltjax import recipe as recipe_lib
+from ltjax import samplers
+from ltjax.training import optim, sharding
+from ltjax.training.state import TrainState, run_keys
+
+AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
+NormalizeFn = Callable[[jax.Array], jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def make_load(data: recipe_lib.DeviceDataset, augment_fn: AugmentFn | None,
+              normalize_fn: NormalizeFn, mesh: Mesh | None = None
+              ) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+  """The `StepContext.load` of the engine: gather, augment, normalise, shard.
+
+  Args:
+    data: the on-device training set.
+    augment_fn: `augment_fn(key, uint8 images) -> uint8 images`, or None for no augmentation.
+    normalize_fn: `normalize_fn(uint8 images) -> float32 inputs`.
+    mesh: with a mesh, the batch is constrained to `P("data")` (split over devices).
+
+  Returns:
+    `load(key, indices) -> (x float32 (B, H, W, C), labels int32 (B,))`.
+  """
+  def load(key: jax.Array, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+    images = data.images[indices]
+    if augment_fn is not None:
+      images = augment_fn(key, images)
+    x = jnp.asarray(normalize_fn(images), jnp.float32)
+    labels = data.labels[indices].astype(jnp.int32)
+    return sharding.shard_batch(x, mesh), sharding.shard_batch(labels, mesh)
+
+  return load
+
+
+def make_evaluate(apply_fn: Callable[..., Any], params: Any, batch_stats: Any,
+                  normalize_fn: NormalizeFn) -> Callable[[jax.Array], recipe_lib.Outputs]:
+  """The `evaluate` of `Recipe.begin_epoch`: the model in inference mode, no gradient.
+
+  It takes uint8 images (e.g. `data.images[idx]`, normalised here with `normalize_fn`, not
+  augmented) or inputs that are already float.
+  """
+  forward = recipe_lib.Forward(apply_fn, params, batch_stats, train=False)
+
+  def evaluate(x: jax.Array) -> recipe_lib.Outputs:
+    if x.dtype == jnp.uint8:
+      x = normalize_fn(x)
+    outputs, _ = forward(x)
+    return jax.tree.map(jax.lax.stop_gradient, outputs)
+
+  return evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainEpoch:
+  """A compiled epoch bound to its dataset: `train_epoch(state, epoch) -> (state, metrics)`.
+
+  Attributes:
+    jitted: the jitted `(state, data, epoch) -> (state, metrics)`; `state` is donated.
+    data: the training set passed to every call.
+    steps_per_epoch: N // B (the last partial batch is dropped).
+  """
+  jitted: Callable[..., tuple[TrainState, Metrics]]
+  data: recipe_lib.DeviceDataset
+  steps_per_epoch: int
+
+  def __call__(self, state: TrainState, epoch: jax.Array | int
+               ) -> tuple[TrainState, Metrics]:
+    """Runs one epoch. Metrics: (steps,) arrays `loss`, `lr` and the recipe's metrics."""
+    if not isinstance(epoch, jax.Array):
+      epoch = jnp.asarray(epoch, jnp.int32)
+    return self.jitted(state, self.data, epoch)
+
+
+def make_train_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
+                     tx: optax.GradientTransformation, data: recipe_lib.DeviceDataset, *,
+                     batch_size: int, num_epochs: int, augment_fn: AugmentFn | None,
+                     normalize_fn: NormalizeFn, seed: int, mesh: Mesh | None = None,
+                     epoch_offset: int = 0, train_batch_stats: bool = True) -> TrainEpoch:
+  """Builds the compiled epoch of one training phase.
+
+  Args:
+    recipe: the method (its `loss` is differentiated w.r.t. the params).
+    apply_fn: the model's `apply` (Flax `model.apply`).
+    tx: the phase's optimiser (an `optim.sgd`, whose learning rate is logged).
+    data: on-device training set.
+    batch_size: B (static); with a mesh, divisible by its number of devices.
+    num_epochs: epochs of this phase (`StepContext.num_epochs`).
+    augment_fn: `(key, uint8 images) -> uint8 images` or None.
+    normalize_fn: `uint8 images -> float32`.
+    seed: run seed; every key derives from it (`state.run_keys`).
+    mesh: optional data-parallel mesh (axis "data"); state and data must be replicated on it.
+    epoch_offset: global epoch of this phase's epoch 0 (keys use the global epoch, the
+      recipe sees the phase epoch).
+    train_batch_stats: False keeps the BatchNorm statistics fixed (frozen-backbone phases).
+
+  Returns:
+    A TrainEpoch.
+  """
+  if num_epochs < 1:
+    raise ValueError(f"num_epochs must be >= 1, got {num_epochs}.")
+  if mesh is not None:
+    sharding.check_divisible(batch_size, mesh)
+  if not 1 <= batch_size <= data.num_samples:
+    raise ValueError(f"batch_size must be in [1, {data.num_samples}], got {batch_size}.")
+  keys = run_keys(seed)
+
+  def train_step(data: recipe_lib.DeviceDataset, epoch: jax.Array,
+                 state: TrainState, indices: jax.Array) -> tuple[TrainState, Metrics]:
+    ctx = recipe_lib.StepContext(
+        key=jax.random.fold_in(keys.step, state.step), step=state.step, epoch=epoch,
+        num_epochs=num_epochs, batch_size=batch_size, clean_indices=indices, data=data,
+        load=make_load(data, augment_fn, normalize_fn, mesh))
+
+    def loss_fn(params: Any) -> tuple[jax.Array, recipe_lib.LossOutput]:
+      forward = recipe_lib.Forward(apply_fn, params, state.batch_stats)
+      return recipe.loss(forward, ctx, state.method_state)
+
+    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates),
+        batch_stats=out.forward.batch_stats if train_batch_stats else state.batch_stats,
+        opt_state=opt_state, method_state=out.method_state)
+    metrics = {**out.metrics, "loss": loss, "lr": optim.current_lr(opt_state)}
+    return new_state, metrics
+
+  def train_epoch(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array
+                  ) -> tuple[TrainState, Metrics]:
+    epoch = jnp.asarray(epoch, jnp.int32)
+    global_epoch = epoch + epoch_offset
+    evaluate = make_evaluate(apply_fn, state.params, state.batch_stats, normalize_fn)
+    method_state = recipe.begin_epoch(state.method_state, epoch, data, evaluate,
+                                      jax.random.fold_in(keys.epoch, global_epoch))
+    perm = samplers.epoch_permutation(jax.random.fold_in(keys.permutation, global_epoch),
+                                      data.num_samples, batch_size)
+    step = lambda s, idx: train_step(data, epoch, s, idx)
+    return jax.lax.scan(step, state.replace(method_state=method_state), perm)
+
+  if mesh is None:
+    jitted = jax.jit(train_epoch, donate_argnums=0)
+  else:
+    rep = sharding.replicated(mesh)
+    jitted = jax.jit(train_epoch, in_shardings=(rep, rep, rep), out_shardings=(rep, rep),
+                     donate_argnums=0)
+  return TrainEpoch(jitted=jitted, data=data,
+                    steps_per_epoch=data.num_samples // batch_size)

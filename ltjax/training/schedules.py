@@ -1,0 +1,113 @@
+"""Learning-rate schedules over the global step, as optax schedules.
+
+Warm-up follows the LDAM-DRW / ImbalancedDL / DBN-Mix reference code and is **per epoch**:
+for epoch e < warmup_epochs (0-based), `lr = base_lr * (e + 1) / warmup_epochs`, constant
+inside the epoch. A milestone m (0-based epoch) applies from the first step of epoch m on,
+which is what `if epoch > 160` on the reference's 1-based epoch counter does.
+
+  multistep: lr(e) = base_lr * f_j for m_j <= e < m_{j+1}   (f_j the cumulative factor)
+  cosine:    lr(t) = final + (base - final) * (1 + cos(pi * (t - t_w) / (T - t_w))) / 2
+             over steps t after the warm-up t_w, T the total number of steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ltjax import _checks
+
+SCHEDULES = ("multistep", "cosine", "constant")
+
+
+def _check_common(base_lr: float, steps_per_epoch: int, warmup_epochs: int) -> None:
+  _checks.check_positive(base_lr, "base_lr")
+  if steps_per_epoch < 1:
+    raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
+  if warmup_epochs < 0:
+    raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
+
+
+def _warmup_factor(epoch: jax.Array, warmup_epochs: int) -> jax.Array:
+  """(e + 1) / warmup for e < warmup, else 1 (per-epoch linear warm-up)."""
+  if warmup_epochs == 0:
+    return jnp.ones_like(epoch, jnp.float32)
+  return jnp.minimum((epoch + 1).astype(jnp.float32) / warmup_epochs, 1.0)
+
+
+def warmup_multistep(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
+                     milestones: Sequence[int], factors: Sequence[float] | None = None,
+                     gamma: float = 0.1) -> optax.Schedule:
+  """Per-epoch linear warm-up, then piecewise-constant decay at epoch milestones.
+
+  Args:
+    base_lr: peak learning rate.
+    steps_per_epoch: optimisation steps per epoch.
+    warmup_epochs: warm-up length in epochs (0: none).
+    milestones: increasing 0-based epochs where the rate drops (e.g. (160, 180)).
+    factors: cumulative multipliers of base_lr from each milestone on (MAMix / ImbalancedDL:
+      (0.01, 1e-4)); default `gamma ** (j + 1)` (DBN-Mix: x0.1 at 160 and 180).
+    gamma: decay per milestone when `factors` is None.
+
+  Returns:
+    A schedule `step -> lr` (float32).
+  """
+  _check_common(base_lr, steps_per_epoch, warmup_epochs)
+  milestones = tuple(int(m) for m in milestones)
+  if any(b <= a for a, b in zip(milestones, milestones[1:])) or any(m < 0 for m in milestones):
+    raise ValueError(f"milestones must be increasing non-negative epochs, got {milestones}.")
+  if factors is None:
+    _checks.check_positive(gamma, "gamma")
+    factors = tuple(gamma ** (j + 1) for j in range(len(milestones)))
+  factors = tuple(float(f) for f in factors)
+  if len(factors) != len(milestones):
+    raise ValueError(f"need one factor per milestone, got {len(factors)} factors for "
+                     f"{len(milestones)} milestones.")
+  table = jnp.asarray((1.0,) + factors, jnp.float32)
+  bounds = jnp.asarray(milestones, jnp.int32)
+
+  def schedule(step: jax.Array) -> jax.Array:
+    epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
+    decay = table[jnp.sum(epoch >= bounds)]
+    return base_lr * _warmup_factor(epoch, warmup_epochs) * decay
+
+  return schedule
+
+
+def warmup_cosine(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
+                  total_epochs: int, final_lr: float = 0.0) -> optax.Schedule:
+  """Per-epoch linear warm-up, then cosine decay per step to `final_lr` at the last step."""
+  _check_common(base_lr, steps_per_epoch, warmup_epochs)
+  _checks.check_positive(final_lr, "final_lr", allow_zero=True)
+  if total_epochs <= warmup_epochs:
+    raise ValueError(f"total_epochs ({total_epochs}) must exceed warmup_epochs "
+                     f"({warmup_epochs}).")
+  start = warmup_epochs * steps_per_epoch
+  length = (total_epochs - warmup_epochs) * steps_per_epoch
+
+  def schedule(step: jax.Array) -> jax.Array:
+    step = jnp.asarray(step, jnp.int32)
+    t = jnp.clip(step - start, 0, length).astype(jnp.float32) / length
+    cosine = final_lr + (base_lr - final_lr) * 0.5 * (1.0 + jnp.cos(math.pi * t))
+    warm = base_lr * _warmup_factor(step // steps_per_epoch, warmup_epochs)
+    return jnp.where(step < start, warm, cosine)
+
+  return schedule
+
+
+def constant(base_lr: float) -> optax.Schedule:
+  """lr = base_lr at every step (e.g. CP-Mix classifier fine-tuning)."""
+  _checks.check_positive(base_lr, "base_lr")
+  return lambda step: jnp.full((), base_lr, jnp.float32)
+
+
+def get_schedule(name: str, **kwargs) -> optax.Schedule:
+  """Schedule by config name: "multistep", "cosine" or "constant" with its keyword args."""
+  builders = {"multistep": warmup_multistep, "cosine": warmup_cosine, "constant": constant}
+  if name not in builders:
+    raise ValueError(f"Unknown schedule {name!r}; valid schedules: {', '.join(SCHEDULES)}.")
+  return builders[name](**kwargs)

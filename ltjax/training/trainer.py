@@ -1,0 +1,228 @@
+"""`fit`: the host loop around the compiled epochs (phases, resume, evaluation, hooks).
+
+A run is a list of `Phase`s (recipe, epochs, optimiser with its schedule and trainable
+mask). Epochs are numbered globally over the phases; a phase starts with a fresh optimiser
+and recipe state (CP-Mix: classifier fine-tuning after the main phase), its schedule counts
+steps from the phase start, and its recipe sees the phase-local epoch. Keys derive from the
+seed, the global epoch and the global step, so a run resumed from `workdir` continues
+exactly as the uninterrupted one.
+
+After each epoch the host reads the per-step losses (one transfer per epoch) and raises
+`FloatingPointError` naming the first global step with a non-finite loss, before anything is
+saved; then it evaluates (every `eval_every` epochs and after the last), calls the callbacks
+and saves a checkpoint when due.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Callable, Protocol, Sequence
+
+import jax
+import numpy as np
+import optax
+import tqdm
+from jax.sharding import Mesh
+from jax.typing import ArrayLike
+
+from ltjax import recipe as recipe_lib
+from ltjax.training import evaluation, loop, sharding
+from ltjax.training.checkpoint import Checkpointer
+from ltjax.training.state import TrainState, create_state, run_keys, start_phase
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One stage of training.
+
+  Attributes:
+    recipe: the method trained in this phase.
+    epochs: number of epochs.
+    tx: optimiser (`optim.sgd` with the phase's schedule and trainable mask).
+    train_batch_stats: False keeps BatchNorm statistics fixed (frozen backbone).
+  """
+  recipe: recipe_lib.Recipe
+  epochs: int
+  tx: optax.GradientTransformation
+  train_batch_stats: bool = True
+
+
+class Callback(Protocol):
+  """Receives `on_epoch_end(epoch, train_metrics, eval_metrics)` after every epoch.
+
+  `epoch` is the 0-based global epoch just trained, `train_metrics` the epoch means of the
+  step metrics (`lr`: the last step's rate), `eval_metrics` the test metrics or None.
+  """
+
+  def on_epoch_end(self, epoch: int, train_metrics: dict[str, float],
+                   eval_metrics: dict[str, Any] | None) -> None:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+  """What `fit` returns.
+
+  Attributes:
+    state: final TrainState.
+    epochs_done: global epochs completed.
+    train_metrics: last epoch's train metrics ({} when no epoch ran).
+    final_metrics: last test evaluation (None without a test set).
+    best_metrics: the test evaluation with the highest top-1.
+    best_epoch: 0-based epoch of `best_metrics`.
+  """
+  state: TrainState
+  epochs_done: int
+  train_metrics: dict[str, float]
+  final_metrics: dict[str, Any] | None
+  best_metrics: dict[str, Any] | None
+  best_epoch: int | None
+
+
+def _epoch_summary(metrics: dict[str, np.ndarray]) -> dict[str, float]:
+  summary = {k: float(np.mean(v)) for k, v in metrics.items()}
+  summary["lr"] = float(metrics["lr"][-1])
+  return summary
+
+
+def _check_finite(losses: np.ndarray, first_step: int, epoch: int) -> None:
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    i = int(bad[0])
+    raise FloatingPointError(f"non-finite training loss {losses[i]} at global step "
+                             f"{first_step + i} (epoch {epoch}, step {i} of the epoch).")
+
+
+def _phase_bounds(phases: Sequence[Phase]) -> list[tuple[int, int]]:
+  if not phases:
+    raise ValueError("fit needs at least one phase.")
+  bounds, start = [], 0
+  for i, phase in enumerate(phases):
+    if phase.epochs < 1:
+      raise ValueError(f"phase {i} must have >= 1 epochs, got {phase.epochs}.")
+    bounds.append((start, start + phase.epochs))
+    start += phase.epochs
+  return bounds
+
+
+@dataclasses.dataclass
+class _Progress:
+  """Best-so-far bookkeeping that survives a resume through the checkpoint sidecar."""
+  train: dict[str, float] = dataclasses.field(default_factory=dict)
+  final: dict[str, Any] | None = None
+  best: dict[str, Any] | None = None
+  best_epoch: int | None = None
+
+  def record(self, epoch: int, train: dict[str, float],
+             evaluated: dict[str, Any] | None) -> None:
+    self.train = train
+    if evaluated is None:
+      return
+    self.final = evaluated
+    if self.best is None or evaluated["top1"] > self.best["top1"]:
+      self.best, self.best_epoch = evaluated, epoch
+
+
+def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
+        batch_size: int, seed: int, normalize_fn: Callable[[jax.Array], jax.Array],
+        augment_fn: loop.AugmentFn | None = None,
+        workdir: str | pathlib.Path | None = None,
+        test_images: ArrayLike | None = None, test_labels: ArrayLike | None = None,
+        eval_every: int = 1, eval_batch_size: int = 500, checkpoint_every: int = 1,
+        keep_checkpoints: int = 3, callbacks: Sequence[Callback] = (),
+        mesh: Mesh | None = None, progress: bool = True,
+        stop_after: int | None = None) -> FitResult:
+  """Trains `model` through `phases`, resuming from the latest checkpoint in `workdir`.
+
+  Args:
+    model: Flax module, `__call__(x, train) -> {"logits", "features", ...}`.
+    phases: the stages of the run, in order.
+    data: on-device training set.
+    batch_size: B.
+    seed: run seed (model init, permutations, step keys).
+    normalize_fn: `uint8 images -> float32 inputs` (train and test).
+    augment_fn: training augmentation `(key, uint8) -> uint8`, or None.
+    workdir: run directory for checkpoints (None: no checkpoints, no resume).
+    test_images, test_labels: test set for evaluation (optional).
+    eval_every: evaluate every this many epochs (and after the last).
+    eval_batch_size: batch size of evaluation.
+    checkpoint_every: save every this many epochs (and after the last).
+    keep_checkpoints: checkpoints kept on disk.
+    callbacks: objects with `on_epoch_end(epoch, train_metrics, eval_metrics)`.
+    mesh: data-parallel mesh (axis "data"); state and data are replicated on it.
+    progress: show a tqdm bar with loss and lr.
+    stop_after: stop once this many global epochs are done (e.g. a job's time slot); a later
+      call with the same workdir resumes.
+
+  Returns:
+    FitResult.
+
+  Raises:
+    FloatingPointError: a non-finite loss (names the first bad global step); the bad state
+      is not saved.
+  """
+  bounds = _phase_bounds(phases)
+  total = bounds[-1][1]
+  end = total if stop_after is None else min(stop_after, total)
+  counts = data.class_counts
+  state = create_state(model, phases[0].recipe, phases[0].tx,
+                       normalize_fn(data.images[:1]), run_keys(seed).init, counts)
+  ckpt = None if workdir is None else Checkpointer(
+      workdir, save_every=checkpoint_every, keep=keep_checkpoints)
+  tracker, start_epoch = _Progress(), 0
+  if ckpt is not None and ckpt.latest_epoch() is not None:
+    state, start_epoch, tracker = _resume(ckpt, state, phases, counts)
+  if mesh is not None:
+    state, data = sharding.replicate((state, data), mesh)
+  evaluator = None
+  bar = tqdm.tqdm(total=total, initial=start_epoch, disable=not progress, unit="epoch")
+  for p, (phase, (first, last)) in enumerate(zip(phases, bounds)):
+    if last <= start_epoch or first >= end:
+      continue
+    if p > 0 and first >= start_epoch:
+      state = start_phase(state, phase.recipe, phase.tx, counts)
+    train_epoch = loop.make_train_epoch(
+        phase.recipe, model.apply, phase.tx, data, batch_size=batch_size,
+        num_epochs=phase.epochs, augment_fn=augment_fn, normalize_fn=normalize_fn,
+        seed=seed, mesh=mesh, epoch_offset=first,
+        train_batch_stats=phase.train_batch_stats)
+    if test_images is not None:
+      evaluator = evaluation.make_eval_fn(model.apply, phase.recipe, eval_batch_size,
+                                          normalize_fn)
+    for epoch in range(max(first, start_epoch), min(last, end)):
+      first_step = int(state.step)
+      state, step_metrics = train_epoch(state, epoch - first)
+      step_metrics = jax.device_get(step_metrics)
+      _check_finite(step_metrics["loss"], first_step, epoch)
+      train = _epoch_summary(step_metrics)
+      done = epoch + 1
+      evaluated = None
+      if evaluator is not None and (done % eval_every == 0 or done == total):
+        evaluated = evaluation.evaluate(evaluator, state.params, state.batch_stats,
+                                        test_images, test_labels, counts)
+      tracker.record(epoch, train, evaluated)
+      for callback in callbacks:
+        callback.on_epoch_end(epoch, train, evaluated)
+      if ckpt is not None:
+        ckpt.save(done, state, phase=p, seed=seed, force=done in (end, total),
+                  metrics=dataclasses.asdict(tracker))
+      bar.update(1)
+      bar.set_postfix(loss=f"{train['loss']:.4f}", lr=f"{train['lr']:.4g}")
+  bar.close()
+  if ckpt is not None:
+    ckpt.close()
+  return FitResult(state=state, epochs_done=max(start_epoch, end), train_metrics=tracker.train,
+                   final_metrics=tracker.final, best_metrics=tracker.best,
+                   best_epoch=tracker.best_epoch)
+
+
+def _resume(ckpt: Checkpointer, state: TrainState, phases: Sequence[Phase],
+            counts: jax.Array) -> tuple[TrainState, int, _Progress]:
+  """Restores the latest checkpoint; the template uses the optimiser of its phase."""
+  phase = phases[ckpt.metadata()["phase"]]
+  template = start_phase(state, phase.recipe, phase.tx, counts)
+  state, meta = ckpt.restore(template)
+  return state, meta["epoch"], _Progress(**meta["metrics"])

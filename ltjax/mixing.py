@@ -1,0 +1,195 @@
+"""Input mixing: mixup and CutMix, with the mixing factor drawn from Beta(alpha, alpha).
+
+Mixup (Zhang et al. 2018, used by every method here):
+
+  lam ~ Beta(alpha, alpha),   x = lam * x_a + (1 - lam) * x_b,   y = lam_y * y_a + (1 - lam_y) * y_b
+
+where `lam_y` comes from a label rule (`ltjax.label_rules`). CutMix (Yun et al. 2019, used
+by OTmix, Gao et al.) pastes a box of side (H * sqrt(1 - lam), W * sqrt(1 - lam)) with a
+uniform centre from the foreground image onto the background image, clips it at the border
+and recomputes lam from the clipped area.
+
+The reference code draws one lambda (and one CutMix box) per batch; per-sample lambdas and
+boxes are an option (`shape=(B,)`, `per_sample=True`). Everything is jit/vmap-safe: boxes
+become masks through iota comparisons, never dynamic slices.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from ltjax import _checks
+
+Box = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+
+
+def sample_lambda(key: jax.Array, alpha: float, shape: tuple[int, ...] = ()) -> jax.Array:
+  """Draws mixing factors lam ~ Beta(alpha, alpha) (mixup, Zhang et al. 2018).
+
+  Args:
+    key: PRNG key.
+    alpha: Python float >= 0. alpha = 0 means no mixing and returns ones (the reference
+      code's `lam = 1` when alpha <= 0; here a negative alpha is an error).
+    shape: `()` for one lambda per batch (reference code), `(B,)` for one per sample.
+
+  Returns:
+    float32 array of `shape` with values in [0, 1].
+
+  Raises:
+    ValueError: alpha negative, infinite or NaN.
+  """
+  _checks.check_positive(alpha, "alpha", allow_zero=True)
+  if float(alpha) == 0.0:
+    return jnp.ones(shape, jnp.float32)
+  return jax.random.beta(key, alpha, alpha, shape, dtype=jnp.float32)
+
+
+def _float_dtype(*arrays: jax.Array) -> jnp.dtype:
+  """The floating dtype the mixed result is computed in (float32 for integer inputs)."""
+  dtype = jnp.result_type(*arrays)
+  return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.dtype(jnp.float32)
+
+
+def _broadcast_lam(lam: ArrayLike, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """Reshapes a scalar or (B,) lam so that it broadcasts over the trailing dims of x."""
+  lam = jnp.asarray(lam, dtype)
+  if lam.ndim == 0:
+    return lam
+  if lam.ndim != 1 or x.ndim < 1 or lam.shape[0] != x.shape[0]:
+    raise ValueError(f"lam must be a scalar or have shape ({x.shape[0] if x.ndim else 1},)"
+                     f", got shape {lam.shape} for inputs of shape {x.shape}.")
+  return lam.reshape(lam.shape + (1,) * (x.ndim - 1))
+
+
+def _mix(a: ArrayLike, b: ArrayLike, lam: ArrayLike, names: tuple[str, str]) -> jax.Array:
+  """lam * a + (1 - lam) * b, with lam scalar or per leading index."""
+  a, b = jnp.asarray(a), jnp.asarray(b)
+  if a.shape != b.shape:
+    raise ValueError(f"{names[0]} and {names[1]} must have the same shape, got {a.shape} "
+                     f"and {b.shape}.")
+  _checks.check_in_range(lam, "lam", 0.0, 1.0)
+  dtype = _float_dtype(a, b)
+  lam = _broadcast_lam(lam, a, dtype)
+  return lam * a.astype(dtype) + (1 - lam) * b.astype(dtype)
+
+
+def mix_inputs(x_a: ArrayLike, x_b: ArrayLike, lam: ArrayLike) -> jax.Array:
+  """Mixup of inputs: x = lam * x_a + (1 - lam) * x_b (Zhang et al. 2018, eq. 1).
+
+  Args:
+    x_a, x_b: (B, ...) inputs of the same shape.
+    lam: scalar (one factor per batch) or (B,) (one per sample), values in [0, 1].
+
+  Returns:
+    (B, ...) mixed inputs in the floating dtype of the inputs (float32 for integers).
+  """
+  return _mix(x_a, x_b, lam, ("x_a", "x_b"))
+
+
+def mix_labels(y_a: ArrayLike, y_b: ArrayLike, lam_y: ArrayLike) -> jax.Array:
+  """Label mixing: y = lam_y * y_a + (1 - lam_y) * y_b (lam_y from `ltjax.label_rules`).
+
+  Args:
+    y_a, y_b: (B, K) one-hot or soft labels.
+    lam_y: scalar or (B,) label factors in [0, 1].
+
+  Returns:
+    (B, K) soft labels.
+  """
+  return _mix(y_a, y_b, lam_y, ("y_a", "y_b"))
+
+
+def _check_image_size(height: int, width: int) -> None:
+  if int(height) < 1 or int(width) < 1:
+    raise ValueError(f"height and width must be >= 1, got {height} and {width}.")
+
+
+def cutmix_box(key: jax.Array, lam: ArrayLike, height: int, width: int) -> Box:
+  """Draws CutMix boxes (Yun et al. 2019): side (H sqrt(1-lam), W sqrt(1-lam)), clipped.
+
+  The unclipped box has integer sides cut_h = floor(H * sqrt(1 - lam)) and
+  cut_w = floor(W * sqrt(1 - lam)) and starts at (cy - cut_h // 2, cx - cut_w // 2) for a
+  centre (cy, cx) uniform over the pixel grid; it is then clipped to the image. (The
+  reference `rand_bbox` uses cy +- cut_h // 2, which rounds odd sides down to even ones;
+  here the unclipped side is exactly cut_h.)
+
+  Args:
+    key: PRNG key.
+    lam: scalar (one box) or (B,) (one box per sample) factors in [0, 1].
+    height, width: image size H, W (static).
+
+  Returns:
+    (y0, y1, x0, x1) int32 arrays with the shape of `lam`: rows y0 <= r < y1 and columns
+    x0 <= c < x1 lie inside the box (an empty box when lam = 1).
+  """
+  _check_image_size(height, width)
+  _checks.check_in_range(lam, "lam", 0.0, 1.0)
+  lam = jnp.asarray(lam, jnp.float32)
+  ratio = jnp.sqrt(jnp.clip(1.0 - lam, 0.0, 1.0))
+  cut_h = jnp.floor(height * ratio).astype(jnp.int32)
+  cut_w = jnp.floor(width * ratio).astype(jnp.int32)
+  key_y, key_x = jax.random.split(key)
+  cy = jax.random.randint(key_y, lam.shape, 0, height, dtype=jnp.int32)
+  cx = jax.random.randint(key_x, lam.shape, 0, width, dtype=jnp.int32)
+  y0, x0 = cy - cut_h // 2, cx - cut_w // 2
+  return (jnp.clip(y0, 0, height), jnp.clip(y0 + cut_h, 0, height),
+          jnp.clip(x0, 0, width), jnp.clip(x0 + cut_w, 0, width))
+
+
+def box_mask(box: Box, height: int, width: int) -> jax.Array:
+  """Boolean mask of a box, True inside: y0 <= row < y1 and x0 <= col < x1.
+
+  Args:
+    box: (y0, y1, x0, x1) from `cutmix_box`, each scalar or (B,).
+    height, width: image size (static).
+
+  Returns:
+    (H, W) mask for a scalar box, (B, H, W) for per-sample boxes.
+  """
+  _check_image_size(height, width)
+  y0, y1, x0, x1 = (jnp.asarray(b)[..., None, None] for b in box)
+  rows = jax.lax.broadcasted_iota(jnp.int32, (height, width), 0)
+  cols = jax.lax.broadcasted_iota(jnp.int32, (height, width), 1)
+  return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+
+
+def cutmix(key: jax.Array, x_back: ArrayLike, x_fore: ArrayLike, lam: ArrayLike,
+           per_sample: bool = False) -> tuple[jax.Array, jax.Array]:
+  """CutMix: pastes a box of the foreground image onto the background image.
+
+  x = M * x_fore + (1 - M) * x_back for the box mask M of `cutmix_box`, and
+  lam_back = 1 - area(clipped box) / (H W) (Yun et al. 2019; OTmix, Gao et al., eq. 1).
+  The mixed label is then lam_back * y_back + (1 - lam_back) * y_fore.
+
+  Args:
+    key: PRNG key; the box is `cutmix_box(key, lam, H, W)`.
+    x_back: (B, H, W, C) background images.
+    x_fore: (B, H, W, C) foreground images (patch donors).
+    lam: box factor in [0, 1]: a scalar, or with `per_sample` a scalar or (B,).
+    per_sample: False: one box for the whole batch (reference OTmix code); True: one
+      independent box (own centre, own lam when lam is (B,)) per sample.
+
+  Returns:
+    (x_mixed, lam_back): x_mixed (B, H, W, C) with the dtype of the inputs; lam_back
+    float32, shape () or (B,) with `per_sample`.
+
+  Raises:
+    ValueError: shapes mismatch, inputs not 4-D, or a (B,) lam without `per_sample`.
+  """
+  x_back, x_fore = jnp.asarray(x_back), jnp.asarray(x_fore)
+  if x_back.shape != x_fore.shape or x_back.ndim != 4:
+    raise ValueError("x_back and x_fore must be (B, H, W, C) arrays of the same shape, "
+                     f"got {x_back.shape} and {x_fore.shape}.")
+  batch, height, width = x_back.shape[:3]
+  lam = jnp.asarray(lam, jnp.float32)
+  if per_sample:
+    _broadcast_lam(lam, x_back, jnp.float32)
+    lam = jnp.broadcast_to(lam, (batch,))
+  elif lam.ndim != 0:
+    raise ValueError(f"lam must be a scalar without per_sample=True, got shape {lam.shape}.")
+  y0, y1, x0, x1 = box = cutmix_box(key, lam, height, width)
+  mask = box_mask(box, height, width)[..., None]
+  lam_back = 1.0 - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (height * width)
+  return jnp.where(mask, x_fore, x_back), lam_back

@@ -1,0 +1,17 @@
+"""Long-tailed training methods as recipes (`ltjax.recipe.Recipe`), one module per family.
+
+`get_recipe(name, num_epochs=...)` builds any of `METHODS` with its paper defaults;
+`check_compatible(recipe, model)` rejects invalid method/model combinations.
+"""
+
+from ltjax.methods.bilateral import DBNMix, SBNMix
+from ltjax.methods.cp_mix import CPMix, CPMixFinetune
+from ltjax.methods.criteria import Criterion
+from ltjax.methods.erm import ERM
+from ltjax.methods.lobm import LOBM
+from ltjax.methods.mixup import Mixup
+from ltjax.methods.otmix import OTmix
+from ltjax.methods.registry import METHODS, check_compatible, get_recipe
+
+__all__ = ["CPMix", "CPMixFinetune", "Criterion", "DBNMix", "ERM", "LOBM", "METHODS",
+           "Mixup", "OTmix", "SBNMix", "check_compatible", "get_recipe"]

@@ -1,0 +1,166 @@
+"""CP-Mix: mixup of confusion pairs (CP-Mix paper, Algorithm 1 and Appendix A).
+
+Method state: a K x K count matrix C, C[t, p] = number of training samples of class t
+predicted as p != t, accumulated from every training step's predictions on its clean batch
+(the paper's multiset CP, footnote 2; `pairing.confusion_matrix_update`). Objective (eq. 13):
+
+    L = L_BS(clean batch) + g_cp * L_CE(CP batch) + g_mix * L_CE(mixup of the clean batch)
+
+- L_BS: balanced softmax (logits + log n_k / N) on the clean batch, whose training-mode
+  predictions feed C;
+- L_mix: in-batch mixup of the clean batch (random permutation), with the same mixing as the
+  CP batch (Appendix A: "the same mixup strategy for both"): lam ~ Beta(alpha), CP-Mix label
+  rule; `mix_label_rule="vanilla"` gives plain mixup labels;
+- L_CP (stage 2 only, epoch >= stage2_epoch; a `lax.cond`, so stage 1 runs no CP forward):
+  B' true classes uniform over the K classes, a confused class for each from its row of C
+  (`pairing.confusion_partners`; a row with no confusion yet draws uniformly from the other
+  classes), one training image of each class uniformly (`samplers.draw_from_classes`),
+  x = lam x_t + (1 - lam) x_m, lam_y = t lam + (1 - t) n_m / (n_t + n_m) (eq. 9).
+
+Every loss term runs its own forward pass (own batch statistics), as separate batches.
+
+Defaults (CIFAR-LT, Table 6): alpha = 1.5, t = 0.5, g_cp = g_mix = 2.5, stage 2 from epoch
+200 of 300 (the registry rescales to the run: 2/3 of the epochs), B' = B (not given in the
+paper). Then `CPMixFinetune` re-trains the classifier with the backbone frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ltjax import _checks, label_rules, losses, pairing, recipe, samplers
+from ltjax.methods import common, mixup
+
+MIX_LABEL_RULES = ("cpmix", "vanilla")
+
+
+@dataclasses.dataclass(frozen=True)
+class CPMix(recipe.Recipe):
+  """CP-Mix training (both stages in one compiled step; see the module docstring).
+
+  Attributes:
+    alpha: Beta(alpha, alpha) of both mixings (1.5, CIFAR, Table 6).
+    t: label-rule trade-off (0.5, Table 6).
+    gamma_cp: weight of the CP term (2.5, Table 6).
+    gamma_mix: weight of the in-batch mixup term (2.5, Table 6).
+    stage2_epoch: first epoch with the CP term (200 of 300, sec. B.3.1).
+    cp_batch_size: B' (None: the training batch size).
+    mix_label_rule: label rule of the in-batch mixup term, "cpmix" (Appendix A) or "vanilla".
+  """
+  name: str = "cp_mix"
+  alpha: float = 1.5
+  t: float = 0.5
+  gamma_cp: float = 2.5
+  gamma_mix: float = 2.5
+  stage2_epoch: int = 200
+  cp_batch_size: int | None = None
+  mix_label_rule: str = "cpmix"
+
+  def __post_init__(self):
+    _checks.check_positive(self.alpha, "alpha")
+    _checks.check_in_range(self.t, "t", 0.0, 1.0)
+    _checks.check_positive(self.gamma_cp, "gamma_cp", allow_zero=True)
+    _checks.check_positive(self.gamma_mix, "gamma_mix", allow_zero=True)
+    if int(self.stage2_epoch) != self.stage2_epoch or self.stage2_epoch < 0:
+      raise ValueError(f"stage2_epoch must be a non-negative integer, got "
+                       f"{self.stage2_epoch}.")
+    if self.cp_batch_size is not None and self.cp_batch_size < 1:
+      raise ValueError(f"cp_batch_size must be >= 1, got {self.cp_batch_size}.")
+    if self.mix_label_rule not in MIX_LABEL_RULES:
+      raise ValueError(f"Unknown mix_label_rule {self.mix_label_rule!r}; valid: "
+                       f"{', '.join(MIX_LABEL_RULES)}.")
+
+  def init_state(self, class_counts: jax.Array) -> dict[str, jax.Array]:
+    """Zero confusion counts {"confusion": (K, K) int32}."""
+    k = jnp.shape(class_counts)[0]
+    return {"confusion": jnp.zeros((k, k), jnp.int32)}
+
+  def cp_pairs(self, key: jax.Array, confusion: jax.Array, index: samplers.ClassIndex,
+               num: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """A CP batch's classes and dataset indices: (c_t, c_m, idx_t, idx_m), each (num,)."""
+    key_t, key_m, key_it, key_im = jax.random.split(key, 4)
+    true_classes = jax.random.randint(key_t, (num,), 0, index.num_classes, jnp.int32)
+    confused = pairing.confusion_partners(key_m, confusion, true_classes)
+    return (true_classes, confused, samplers.draw_from_classes(key_it, index, true_classes),
+            samplers.draw_from_classes(key_im, index, confused))
+
+  def cp_loss(self, forward: recipe.Forward, ctx: recipe.StepContext, confusion: jax.Array,
+              key: jax.Array) -> tuple[jax.Array, recipe.Forward]:
+    """L_CE on a CP batch drawn from the confusion counts."""
+    keys = dict(zip(("pairs", "load_t", "load_m", "lam"), jax.random.split(key, 4)))
+    num = self.cp_batch_size or ctx.batch_size
+    _, _, idx_t, idx_m = self.cp_pairs(keys["pairs"], confusion, ctx.data.index, num)
+    x_t, y_t = ctx.load(keys["load_t"], idx_t)
+    x_m, y_m = ctx.load(keys["load_m"], idx_m)
+    mixed = mixup.mix_batch(keys["lam"], x_t, y_t, x_m, y_m, ctx.class_counts,
+                            alpha=self.alpha, rule=label_rules.get_rule("cpmix", t=self.t))
+    outputs, forward = forward(mixed.x)
+    return losses.soft_cross_entropy(outputs["logits"], mixed.soft_labels), forward
+
+  def mix_rule(self) -> label_rules.Rule:
+    """Label rule of the in-batch mixup term."""
+    if self.mix_label_rule == "cpmix":
+      return label_rules.get_rule("cpmix", t=self.t)
+    return label_rules.vanilla
+
+  def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
+           ) -> tuple[jax.Array, recipe.LossOutput]:
+    keys = ctx.keys("clean", "pair", "lam", "cp")
+    x, labels = ctx.clean_batch(keys["clean"])
+    outputs, forward = forward(x)
+    loss_bs = losses.balanced_softmax_loss(
+        outputs["logits"], common.one_hot(labels, ctx.num_classes), ctx.class_counts)
+    predictions = jnp.argmax(jax.lax.stop_gradient(outputs["logits"]), axis=-1)
+    confusion = pairing.confusion_matrix_update(method_state["confusion"], labels,
+                                                predictions)
+
+    partner = pairing.random_pairs(keys["pair"], labels.shape[0])
+    mixed = mixup.mix_batch(keys["lam"], x, labels, common.take(x, partner),
+                            common.take(labels, partner), ctx.class_counts,
+                            alpha=self.alpha, rule=self.mix_rule())
+    outputs_mix, forward = forward(mixed.x)
+    loss_mix = losses.soft_cross_entropy(outputs_mix["logits"], mixed.soft_labels)
+
+    def stage2(batch_stats):
+      loss_cp, fwd = self.cp_loss(forward._replace(batch_stats=batch_stats), ctx,
+                                  confusion, keys["cp"])
+      return loss_cp, fwd.batch_stats
+
+    def stage1(batch_stats):
+      return jnp.zeros((), jnp.float32), batch_stats
+
+    active = ctx.epoch >= self.stage2_epoch
+    loss_cp, batch_stats = jax.lax.cond(active, stage2, stage1, forward.batch_stats)
+    forward = forward._replace(batch_stats=batch_stats)
+    loss = loss_bs + self.gamma_cp * loss_cp + self.gamma_mix * loss_mix
+    metrics = {"loss_bs": loss_bs, "loss_mix": loss_mix, "loss_cp": loss_cp,
+               "cp_active": active.astype(jnp.float32)}
+    return loss, recipe.LossOutput(forward, {"confusion": confusion}, metrics)
+
+
+@dataclasses.dataclass(frozen=True)
+class CPMixFinetune(recipe.Recipe):
+  """CP-Mix classifier fine-tuning: class-balanced batches, frozen backbone, CE.
+
+  Each step draws a class-balanced batch (P(k) = 1/K, then an image uniformly in the class)
+  from the whole training set and minimises cross-entropy. The model runs in inference mode
+  (BatchNorm uses and keeps its running statistics). Freezing the backbone's *parameters* is
+  the trainer's job: the phase must use a trainable mask that updates the head only (a
+  stop-gradient here would not stop weight decay or momentum from moving the backbone).
+
+  Defaults (Table 6): 30 epochs, lr 0.5 (CIFAR-100) / 0.1 (CIFAR-10), momentum 0.9, wd 0
+  (phase settings of the trainer, not of this recipe).
+  """
+  name: str = "cp_mix_finetune"
+
+  def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
+           ) -> tuple[jax.Array, recipe.LossOutput]:
+    keys = ctx.keys("draw")
+    x, labels = ctx.draw(keys["draw"], samplers.class_balanced_probs(ctx.class_counts))
+    outputs, _ = forward._replace(train=False)(x)
+    loss = losses.soft_cross_entropy(outputs["logits"],
+                                     common.one_hot(labels, ctx.num_classes))
+    return loss, recipe.LossOutput(forward, method_state, {})

@@ -1,0 +1,142 @@
+"""The mixup family: in-batch pairs, a label rule, a criterion.
+
+    lam ~ Beta(alpha, alpha),  x = lam x_i + (1 - lam) x_p(i),
+    y = lam_y y_i + (1 - lam_y) y_p(i),  lam_y = rule(lam, n_{y_i}, n_{y_p(i)})
+
+| registry name        | pairing p(i)                  | label rule | criterion | source |
+|----------------------|-------------------------------|------------|-----------|--------|
+| "mixup" / "_drw"     | random permutation            | vanilla    | CE (+DRW) | Zhang et al. 2018; MAMix paper (DRW) |
+| "remix" / "_drw"     | random permutation            | Remix      | CE (+DRW) | Chou et al. 2020 (kappa=3, tau=0.5) |
+| "mamix" / "_drw"     | random permutation            | MAMix      | CE (+DRW) | MAMix paper (omega=0.25) |
+| "smote_mix"          | same-class nearest neighbour  | vanilla    | CE        | SPEC 3 (label stays hard) |
+| "neighbor_mix"       | any-class nearest neighbour   | vanilla    | CE        | SPEC 3 |
+
+alpha = 1 (CIFAR setting of the MAMix / Remix / mixup-DRW recipes). DRW starts at epoch
+160 of 200 (ImbalancedDL / MAMix recipe), rescaled by the registry. One lambda per batch
+(reference code) by default; `per_sample_lambda=True` draws one per sample. Nearest
+neighbours are searched inside the clean batch, in the feature space of the model in
+inference mode (no gradient, running BN statistics) by default, or in pixel space
+(`pairing_space="pixels"`). A same-class partner has the same label, so SMOTE-Mix's label
+is the hard label whatever the rule.
+
+MAMix uses the paper convention (x = lam x_a + (1 - lam) x_b, `label_rules.mamix`); the
+reference package's convention (`label_rules.mamix_reference`) gives the same distribution
+of (input, label) pairs, so it is not a separate recipe option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+
+from ltjax import _checks, label_rules, mixing, pairing, recipe
+from ltjax.methods import common
+
+PAIRINGS = ("random", "smote", "neighbor")
+PAIRING_SPACES = ("features", "pixels")
+LABEL_RULES = {"vanilla": (), "remix": ("kappa", "tau"), "mamix": ("omega",)}
+
+
+class MixedBatch(NamedTuple):
+  """A mixed batch: inputs, soft labels and the factors that made them."""
+  x: jax.Array
+  soft_labels: jax.Array
+  lam: jax.Array
+  lam_y: jax.Array
+
+
+def mix_batch(key: jax.Array, x_a: jax.Array, labels_a: jax.Array, x_b: jax.Array,
+              labels_b: jax.Array, counts: jax.Array, *, alpha: float,
+              rule: label_rules.Rule, per_sample: bool = False) -> MixedBatch:
+  """Mixes two aligned batches: x = lam x_a + (1 - lam) x_b, y = lam_y y_a + (1 - lam_y) y_b.
+
+  Args:
+    key: PRNG key for lambda.
+    x_a, x_b: (B, ...) inputs.
+    labels_a, labels_b: (B,) integer labels.
+    counts: (K,) training class counts n_k (for count-aware rules).
+    alpha: Beta(alpha, alpha) parameter.
+    rule: `lam_y = rule(lam, n_a, n_b)` from `ltjax.label_rules`.
+    per_sample: one lambda per sample instead of one per batch.
+
+  Returns:
+    MixedBatch(x, soft_labels (B, K), lam (() or (B,)), lam_y (B,)).
+  """
+  batch, num_classes = labels_a.shape[0], counts.shape[0]
+  lam = mixing.sample_lambda(key, alpha, (batch,) if per_sample else ())
+  lam_y = rule(lam, counts[labels_a], counts[labels_b])
+  soft = mixing.mix_labels(common.one_hot(labels_a, num_classes),
+                           common.one_hot(labels_b, num_classes), lam_y)
+  return MixedBatch(mixing.mix_inputs(x_a, x_b, lam), soft, lam, lam_y)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixup(common.SupervisedRecipe):
+  """Mixup with a label rule and a pairing, on the clean batch (see the module table).
+
+  Attributes:
+    alpha: Beta(alpha, alpha) of lambda (1.0, CIFAR recipes of mixup / Remix / MAMix).
+    label_rule: "vanilla" | "remix" | "mamix".
+    kappa, tau: Remix hyperparameters (3.0, 0.5; Chou et al. 2020).
+    omega: MAMix exponent (0.25; MAMix paper).
+    pairing: "random" | "smote" (same-class nearest neighbour) | "neighbor" (any class).
+    pairing_space: "features" (model features, inference mode, stop-gradient) | "pixels".
+    per_sample_lambda: one lambda per sample (default: one per batch, reference code).
+    criterion: supervised loss (default cross-entropy; "_drw" names add DRW).
+  """
+  name: str = "mixup"
+  alpha: float = 1.0
+  label_rule: str = "vanilla"
+  kappa: float = 3.0
+  tau: float = 0.5
+  omega: float = 0.25
+  pairing: str = "random"
+  pairing_space: str = "features"
+  per_sample_lambda: bool = False
+
+  def __post_init__(self):
+    super().__post_init__()
+    _checks.check_positive(self.alpha, "alpha")
+    if self.label_rule not in LABEL_RULES:
+      raise ValueError(f"Unknown label rule {self.label_rule!r} for mixup; valid: "
+                       f"{', '.join(LABEL_RULES)}.")
+    if self.pairing not in PAIRINGS:
+      raise ValueError(f"Unknown pairing {self.pairing!r}; valid: {', '.join(PAIRINGS)}.")
+    if self.pairing_space not in PAIRING_SPACES:
+      raise ValueError(f"Unknown pairing space {self.pairing_space!r}; valid: "
+                       f"{', '.join(PAIRING_SPACES)}.")
+    self.rule()  # validates the rule's hyperparameters now
+
+  @property
+  def needs_features(self) -> bool:
+    """True when pairs are chosen in the model's feature space."""
+    return self.pairing != "random" and self.pairing_space == "features"
+
+  def rule(self) -> label_rules.Rule:
+    """The label rule with its hyperparameters bound."""
+    params = {p: getattr(self, p) for p in LABEL_RULES[self.label_rule]}
+    return label_rules.get_rule(self.label_rule, **params)
+
+  def partners(self, key: jax.Array, forward: recipe.Forward, x: jax.Array,
+               labels: jax.Array) -> jax.Array:
+    """(B,) partner index of each sample of the clean batch."""
+    if self.pairing == "random":
+      return pairing.random_pairs(key, labels.shape[0])
+    if self.pairing_space == "features":
+      points = common.inference_outputs(forward, x)["features"]
+    else:
+      points = x.reshape(x.shape[0], -1)
+    return pairing.nearest_neighbours(points, labels, same_class=self.pairing == "smote")
+
+  def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
+           ) -> tuple[jax.Array, recipe.LossOutput]:
+    keys = ctx.keys("clean", "pair", "lam")
+    x, labels = ctx.clean_batch(keys["clean"])
+    partner = self.partners(keys["pair"], forward, x, labels)
+    mixed = mix_batch(keys["lam"], x, labels, common.take(x, partner),
+                      common.take(labels, partner), ctx.class_counts, alpha=self.alpha,
+                      rule=self.rule(), per_sample=self.per_sample_lambda)
+    loss, _, forward = self.supervised(forward, mixed.x, mixed.soft_labels, ctx)
+    return loss, recipe.LossOutput(forward, method_state, {"lam": mixed.lam.mean()})

@@ -12,11 +12,10 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ltjax import augment, plots, reporting, samplers
+from ltjax import augment, plots, reporting
 from ltjax import data as ltdata
 from ltjax import methods as ltmethods
 from ltjax import recipe as recipe_lib
@@ -119,12 +118,6 @@ def dataset_info(config: ml_collections.ConfigDict, ds: ltdata.ArrayDataset,
           "imbalance": float(ds.train_counts.max() / max(ds.train_counts.min(), 1)),
           "normalization": norm,
           "meta": {k: v for k, v in ds.meta.items() if k not in ("counts", "original_counts")}}
-
-
-def device_dataset(ds: ltdata.ArrayDataset) -> recipe_lib.DeviceDataset:
-  labels = jnp.asarray(ds.train_labels, jnp.int32)
-  return recipe_lib.DeviceDataset(images=jnp.asarray(ds.train_images), labels=labels,
-                                  index=samplers.build_class_index(labels, ds.num_classes))
 
 
 def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -257,7 +250,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
   reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   reporting.write_json(os.path.join(workdir, "dataset.json"), dataset_info(config, ds, norm))
   reporting.write_json(os.path.join(workdir, "env.json"), reporting.environment_info())
-  data = device_dataset(ds)
+  data = recipe_lib.DeviceDataset.from_arrays(ds.train_images, ds.train_labels,
+                                              ds.num_classes)
   phases = build_phases(config, rcp, ds.train_labels.size)
   start = latest_epoch(workdir)
   if start:

@@ -17,7 +17,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ltjax import samplers
+from ltjax import _checks, samplers
 
 PyTree = Any
 Outputs = dict[str, jax.Array]
@@ -35,6 +35,15 @@ class DeviceDataset:
   images: jax.Array
   labels: jax.Array
   index: samplers.ClassIndex
+
+  @classmethod
+  def from_arrays(cls, images: jax.typing.ArrayLike, labels: jax.typing.ArrayLike,
+                  num_classes: int) -> "DeviceDataset":
+    """Puts host arrays (e.g. an `ltjax.data.ArrayDataset`'s train split) on the device."""
+    labels = jnp.asarray(labels, jnp.int32)
+    _checks.check_same_leading("images", images, "labels", labels)
+    return cls(images=jnp.asarray(images), labels=labels,
+               index=samplers.build_class_index(labels, num_classes))
 
   @property
   def num_samples(self) -> int:

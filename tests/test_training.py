@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from ltjax import augment, samplers
+from ltjax import augment
 from ltjax import recipe as recipe_lib
 from ltjax import training
 from ltjax.training import optim, schedules
@@ -74,8 +74,7 @@ def tiny_data(num: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def device_dataset(num: int = 64) -> recipe_lib.DeviceDataset:
   images, labels = tiny_data(num)
-  return recipe_lib.DeviceDataset(jnp.asarray(images), jnp.asarray(labels),
-                                  samplers.build_class_index(labels, NUM_CLASSES))
+  return recipe_lib.DeviceDataset.from_arrays(images, labels, NUM_CLASSES)
 
 
 def init_state(recipe, tx, data):

@@ -197,7 +197,8 @@ def _fit(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh
       test_images=ds.test_images, test_labels=ds.test_labels,
       eval_every=config.eval_every, eval_batch_size=config.eval_batch_size,
       checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
-      callbacks=callbacks, mesh=mesh, progress=config.progress, stop_after=stop_after)
+      callbacks=callbacks, mesh=mesh, progress=config.progress, stop_after=stop_after,
+      loop=config.loop)
 
 
 def train_phases(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh,

@@ -227,6 +227,26 @@ def test_epochs_ran_without_host_transfers(overfit_run):
   assert np.isfinite(np.asarray(overfit_run["metrics"]["loss"])).all()
 
 
+def test_stepwise_loop_matches_the_scan():
+  data = jax.device_put(device_dataset())
+  tx = optim.sgd(0.1, momentum=0.9)
+  runs = {}
+  for loop in ("scan", "steps"):
+    state = jax.device_put(init_state(TinyERM(), tx, data))
+    train_epoch = epoch_fn(TinyERM(), tx, data, loop=loop)
+    state, _ = train_epoch(state, jax.device_put(np.int32(0)))
+    with jax.transfer_guard("disallow"):
+      state, metrics = train_epoch(state, jax.device_put(np.int32(1)))
+    runs[loop] = (state, metrics)
+  assert runs["steps"][1]["loss"].shape == runs["scan"][1]["loss"].shape
+  assert int(runs["steps"][0].step) == int(runs["scan"][0].step) == 2 * (64 // BATCH)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               (runs["steps"][0].params, runs["steps"][1]),
+               (runs["scan"][0].params, runs["scan"][1]))
+  with pytest.raises(ValueError, match="Unknown loop"):
+    epoch_fn(TinyERM(), tx, data, loop="while")
+
+
 def test_logged_lr_and_steps_follow_schedule():
   data = device_dataset()
   sched = schedules.warmup_multistep(0.1, 4, 2, (3,), (0.1,))

@@ -108,6 +108,7 @@ RUN_DEFAULTS: Nested = {
     "keep_checkpoints": 2,
     "eval_batch_size": 1024,
     "progress": True,
+    "loop": "auto",  # epoch as one lax.scan ("scan"), per-step calls ("steps"; XLA:CPU)
     "plots": True,
     "analysis_draws": 20,
     "num_devices": 0,  # 0: every local device

@@ -27,7 +27,8 @@ from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from ltjax import recipe as recipe_lib
-from ltjax.training import evaluation, loop, sharding
+from ltjax.training import evaluation, sharding
+from ltjax.training import loop as loop_lib
 from ltjax.training.checkpoint import Checkpointer
 from ltjax.training.state import TrainState, create_state, run_keys, start_phase
 
@@ -128,13 +129,13 @@ class _Progress:
 
 def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
         batch_size: int, seed: int, normalize_fn: Callable[[jax.Array], jax.Array],
-        augment_fn: loop.AugmentFn | None = None,
+        augment_fn: loop_lib.AugmentFn | None = None,
         workdir: str | pathlib.Path | None = None,
         test_images: ArrayLike | None = None, test_labels: ArrayLike | None = None,
         eval_every: int = 1, eval_batch_size: int = 500, checkpoint_every: int = 1,
         keep_checkpoints: int = 3, callbacks: Sequence[Callback] = (),
         mesh: Mesh | None = None, progress: bool = True,
-        stop_after: int | None = None) -> FitResult:
+        stop_after: int | None = None, loop: str = "scan") -> FitResult:
   """Trains `model` through `phases`, resuming from the latest checkpoint in `workdir`.
 
   Args:
@@ -156,6 +157,7 @@ def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
     progress: show a tqdm bar with loss and lr.
     stop_after: stop once this many global epochs are done (e.g. a job's time slot); a later
       call with the same workdir resumes.
+    loop: "scan", "steps" or "auto" (`ltjax.training.loop.make_train_epoch`).
 
   Returns:
     FitResult.
@@ -184,11 +186,11 @@ def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
       continue
     if p > 0 and first >= start_epoch:
       state = start_phase(state, phase.recipe, phase.tx, counts)
-    train_epoch = loop.make_train_epoch(
+    train_epoch = loop_lib.make_train_epoch(
         phase.recipe, model.apply, phase.tx, data, batch_size=batch_size,
         num_epochs=phase.epochs, augment_fn=augment_fn, normalize_fn=normalize_fn,
         seed=seed, mesh=mesh, epoch_offset=first,
-        train_batch_stats=phase.train_batch_stats)
+        train_batch_stats=phase.train_batch_stats, loop=loop)
     if test_images is not None:
       evaluator = evaluation.make_eval_fn(model.apply, phase.recipe, eval_batch_size,
                                           normalize_fn)

@@ -28,8 +28,27 @@ def _check_split(name: str, items: Any, labels: np.ndarray, num_classes: int) ->
                      f"[{labels.min()}, {labels.max()}].")
 
 
+class _LabelledSplits:
+  """Class statistics shared by the dataset containers (needs class_names and labels)."""
+  class_names: tuple[str, ...]
+  train_labels: np.ndarray
+  test_labels: np.ndarray
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def train_counts(self) -> np.ndarray:
+    return longtail.class_counts(self.train_labels, self.num_classes)
+
+  @property
+  def test_counts(self) -> np.ndarray:
+    return longtail.class_counts(self.test_labels, self.num_classes)
+
+
 @dataclasses.dataclass(frozen=True)
-class ArrayDataset:
+class ArrayDataset(_LabelledSplits):
   """A decoded dataset in host memory.
 
   Attributes:
@@ -57,18 +76,6 @@ class ArrayDataset:
                          f"(N, D) features, got {images.dtype} {images.shape}.")
       _check_split(name, images, getattr(self, f"{name}_labels"), self.num_classes)
 
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-  @property
-  def train_counts(self) -> np.ndarray:
-    return longtail.class_counts(self.train_labels, self.num_classes)
-
-  @property
-  def test_counts(self) -> np.ndarray:
-    return longtail.class_counts(self.test_labels, self.num_classes)
-
   def select_train(self, indices: np.ndarray, **meta: Any) -> ArrayDataset:
     """The dataset with the training split restricted to `indices`, meta updated."""
     return dataclasses.replace(self, train_images=self.train_images[indices],
@@ -77,7 +84,7 @@ class ArrayDataset:
 
 
 @dataclasses.dataclass(frozen=True)
-class FileListDataset:
+class FileListDataset(_LabelledSplits):
   """A dataset of image files, decoded by the grain pipeline (`ltjax.data.pipeline`).
 
   Attributes:
@@ -99,18 +106,6 @@ class FileListDataset:
     for name in ("train", "test"):
       _check_split(name, getattr(self, f"{name}_paths"), getattr(self, f"{name}_labels"),
                    self.num_classes)
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-  @property
-  def train_counts(self) -> np.ndarray:
-    return longtail.class_counts(self.train_labels, self.num_classes)
-
-  @property
-  def test_counts(self) -> np.ndarray:
-    return longtail.class_counts(self.test_labels, self.num_classes)
 
   def select_train(self, indices: np.ndarray, **meta: Any) -> FileListDataset:
     """The dataset with the training split restricted to `indices`, meta updated."""

@@ -2,7 +2,7 @@
 
 About 1,200 training images before subsampling (about 450 after, 120 down to 12 per class);
 no file needed. Every method keeps its paper recipe's *shape* (warm-up, milestones, DRW /
-deferral / stage-2 epochs, CP-Mix fine-tuning, OTmix's schedule) rescaled to 30 epochs,
+deferral / stage-2 epochs, CP-Mix fine-tuning, OTmix's schedule) rescaled to 100 epochs,
 with a SmallCNN, batch 32, lr 0.05, 1-pixel crop jitter and no flips (digits are not
 mirror-symmetric).
 
@@ -34,4 +34,4 @@ QUICK = {"num_epochs": 3, "batch_size": 32}
 
 def get_config(arg=None):
   return common.make_config(arg, dataset=DATASET, base=BASE, quick=QUICK, default_rho=10.0,
-                            default_epochs=30)
+                            default_epochs=100)

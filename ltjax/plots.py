@@ -123,18 +123,24 @@ def _series(values: ArrayLike | Mapping[str, ArrayLike], default: str) -> dict[s
   return {default: np.asarray(values, np.float64)}
 
 
-def _grouped_bars(ax, series: dict[str, np.ndarray]) -> int:
-  """Side-by-side bars, one group per class; returns K."""
+def _class_bars(series: dict[str, np.ndarray], ylabel: str,
+                class_names: Sequence[str] | None):
+  """A figure of side-by-side bars per class around the level 1; returns (fig, ax, K)."""
   sizes = {v.shape for v in series.values()}
   if len(sizes) != 1 or len(next(iter(sizes))) != 1:
     raise ValueError(f"every series must be (K,) with the same K, got {sorted(sizes)}.")
   k = next(iter(sizes))[0]
+  fig = _figure()
+  ax = fig.add_subplot()
   width = 0.8 / len(series)
   for i, (name, v) in enumerate(series.items()):
     ax.bar(np.arange(k) + (i - (len(series) - 1) / 2) * width, v, width, label=name)
-  if len(series) > 1:
-    ax.legend(fontsize=7)
-  return k
+  ax.legend(fontsize=7)
+  ax.axhline(1.0, color="k", lw=0.8, ls="--")
+  ax.set_xlabel("class")
+  ax.set_ylabel(ylabel)
+  _class_ticks(ax, class_names, k)
+  return fig, ax, k
 
 
 def occurrence_plot(gamma: ArrayLike | Mapping[str, ArrayLike], path: str | None = None,
@@ -157,15 +163,7 @@ def occurrence_plot(gamma: ArrayLike | Mapping[str, ArrayLike], path: str | None
   for name, g in series.items():
     ratio = g.max() / g.min() if g.size and g.min() > 0 else float("inf")
     labelled[f"{name} (max/min {ratio:.2f})"] = g * g.size
-  fig = _figure()
-  ax = fig.add_subplot()
-  k = _grouped_bars(ax, labelled)
-  if len(labelled) == 1:
-    ax.legend(fontsize=7)
-  ax.axhline(1.0, color="k", lw=0.8, ls="--")
-  ax.set_xlabel("class")
-  ax.set_ylabel("K * gamma_k (1 = balanced)")
-  _class_ticks(ax, class_names, k)
+  fig, ax, _ = _class_bars(labelled, "K * gamma_k (1 = balanced)", class_names)
   ax.set_title(title or "Label occurrence ratio")
   return _finish(fig, path)
 
@@ -186,15 +184,7 @@ def temperature_plot(temperatures: ArrayLike | Mapping[str, ArrayLike], counts: 
     title: figure title.
   """
   series = _series(temperatures, "T_k")
-  fig = _figure()
-  ax = fig.add_subplot()
-  k = _grouped_bars(ax, series)
-  if len(series) == 1:
-    ax.legend(fontsize=7)
-  ax.axhline(1.0, color="k", lw=0.8, ls="--")
-  ax.set_xlabel("class")
-  ax.set_ylabel("temperature T_k")
-  _class_ticks(ax, class_names, k)
+  fig, ax, k = _class_bars(series, "temperature T_k", class_names)
   ax2 = ax.twinx()
   ax2.plot(np.arange(k), np.asarray(counts, np.float64), "k.-", ms=4, lw=0.8)
   ax2.set_yscale("log")

@@ -124,6 +124,8 @@ def test_setup_errors_list_valid_names():
     runner.check_setup(config, 10, (8, 8, 1))
   with pytest.raises(ValueError, match="valid methods: erm"):
     compare.run_configs(f"{DIGITS}:quick", {}, ["erm", "bogus"], [0])
+  with pytest.raises(ValueError, match="'imagenet_lt' cannot be trained .*grain"):
+    runner.load_dataset(_config("imagenet_lt", "method=erm"))
 
 
 def test_compare_helpers():

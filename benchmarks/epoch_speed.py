@@ -208,7 +208,7 @@ class Run(NamedTuple):
   normalize_fn: Callable[[jax.Array], jax.Array]
 
 
-def build_epoch(config, ds: ltdata.ArrayDataset, seed: int) -> Run:
+def build_epoch(config, ds: ltdata.ArrayDataset, seed: int, loop_kind: str = "scan") -> Run:
   """Assembles one run as `experiments.runner` does (recipe, model, optimiser, data)."""
   rcp, model = runner.check_setup(config, ds.num_classes, ds.train_images.shape[1:])
   normalize_fn, _ = runner.normalizer(config, ds.train_images)
@@ -218,7 +218,7 @@ def build_epoch(config, ds: ltdata.ArrayDataset, seed: int) -> Run:
   epoch_fn = loop.make_train_epoch(
       rcp, model.apply, tx, data, batch_size=config.batch_size,
       num_epochs=config.num_epochs, augment_fn=runner.augmenter(config),
-      normalize_fn=normalize_fn, seed=seed)
+      normalize_fn=normalize_fn, seed=seed, loop=loop_kind)
   sample = np.zeros((1,) + ds.train_images.shape[1:], np.float32)
   state = state_lib.create_state(model, rcp, tx, sample, state_lib.run_keys(seed).init,
                                  ds.train_counts)
@@ -234,18 +234,22 @@ def time_epoch(epoch_fn: loop.TrainEpoch, state: state_lib.TrainState, epoch: in
     trained `state` (for callers that need the parameters).
   """
   epoch = jnp.asarray(epoch, jnp.int32)
+  if epoch_fn.step is None:  # loop "scan": the epoch is one compiled call
+    start = time.perf_counter()
+    compiled = epoch_fn.jitted.lower(state, epoch_fn.data, epoch).compile()
+    compile_s = time.perf_counter() - start
+    run = lambda s: compiled(s, epoch_fn.data, epoch)
+  else:  # loop "steps": compilation happens in the first call
+    compile_s, run = float("nan"), lambda s: epoch_fn(s, epoch)
   start = time.perf_counter()
-  compiled = epoch_fn.jitted.lower(state, epoch_fn.data, epoch).compile()
-  compile_s = time.perf_counter() - start
-  start = time.perf_counter()
-  state, metrics = block(compiled(state, epoch_fn.data, epoch))
+  state, metrics = block(run(state))
   first_s = time.perf_counter() - start
   for _ in range(warmup):
-    state, metrics = block(compiled(state, epoch_fn.data, epoch))
+    state, metrics = block(run(state))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    state, metrics = block(compiled(state, epoch_fn.data, epoch))
+    state, metrics = block(run(state))
     times.append(time.perf_counter() - start)
   loss = np.asarray(metrics["loss"])
   return {"compile_s": compile_s, "first_call_s": first_s,
@@ -261,7 +265,7 @@ def time_method(method: str, ds: ltdata.ArrayDataset, args: argparse.Namespace,
   config = method_config(args.dataset, method, args.rho, args.seed,
                          batch_size or args.batch_size, args.model)
   train = train_set_for(ds, args.steps_per_epoch, config.batch_size)
-  run = build_epoch(config, train, args.seed)
+  run = build_epoch(config, train, args.seed, args.loop)
   epoch_fn = run.epoch_fn
   epoch = config.num_epochs - 1 if args.timing_epoch < 0 else args.timing_epoch
   timing = time_epoch(epoch_fn, run.state, epoch, args.warmup,
@@ -313,7 +317,8 @@ def markdown(result: dict[str, Any]) -> str:
   lines = header_lines("epoch_speed", env, result["command"])
   lines += [f"- data: {result['data_note']}; {result['train_images']} training images, "
             f"class counts {result['class_counts']}",
-            f"- timing: epoch = one compiled call (lax.scan over the steps), recipe's epoch "
+            f"- timing: loop {result['args']['loop']!r} (scan: the epoch is one compiled "
+            f"lax.scan; steps: one compiled call per step), recipe's epoch "
             f"{rows[0]['timing_epoch'] if rows else '-'}; median of {result['args']['epochs']} "
             f"epochs after {result['args']['warmup']} warm-up epoch(s) and the first call", "",
             "| method | model | batch | steps | compile s | first call s | s/epoch | images/s "
@@ -402,6 +407,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--torch_workers", type=int, default=4, help="DataLoader workers")
   p.add_argument("--torch_device", default="auto", help="auto, cuda or cpu")
   p.add_argument("--goal_vs_erm", type=float, default=1.3)
+  p.add_argument("--loop", default="scan", choices=("scan", "steps", "auto"),
+                 help="epoch loop (ltjax.training.loop): 'steps' avoids XLA:CPU's slow "
+                      "convolutions inside lax.scan")
   p.add_argument("--results_dir", default=RESULTS_DIR)
   args = p.parse_args(argv)
   names = ltmethods.METHODS if args.methods == "all" else tuple(

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import epoch_speed
-from ltjax import metrics, pairing, samplers
+from ltjax import methods, pairing, recipe, samplers
+from ltjax.training import loop
 
 GOAL_FRACTION = 0.10
 
@@ -61,13 +62,14 @@ def draw_batches(key: jax.Array, counts: jax.Array, index: samplers.ClassIndex,
   return fore.reshape(batches, batch_size), back.reshape(batches, batch_size)
 
 
-def confusion_hat(evaluate: Callable[[jax.Array], jax.Array], images: np.ndarray,
-                  labels: np.ndarray, num_classes: int, per_class: int = 20) -> jax.Array:
-  """F_hat from the model's predictions on the first `per_class` images of every class."""
-  keep = np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in range(num_classes)])
-  preds = jnp.argmax(evaluate(images[keep])["logits"], axis=-1)
-  counts = metrics.confusion_matrix(jnp.asarray(labels[keep]), preds, num_classes)
-  return pairing.normalized_confusion(counts).astype(jnp.float32)
+def confusion_hat(run: epoch_speed.Run, data: recipe.DeviceDataset,
+                  key: jax.Array) -> jax.Array:
+  """F_hat as OTmix computes it at the start of an epoch, from the trained run's model."""
+  ot = methods.OTmix()
+  evaluate = loop.make_evaluate(run.model.apply, run.state.params,
+                                run.state.batch_stats, run.normalize_fn)
+  state = ot.begin_epoch(ot.init_state(data.class_counts), jnp.int32(0), data, evaluate, key)
+  return state["confusion"]
 
 
 def fraction_key(seconds_key: str) -> str:
@@ -123,10 +125,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   variables = {"params": run.state.params, "batch_stats": run.state.batch_stats}
   apply = lambda x: run.model.apply(variables, run.normalize_fn(x), train=False)
   evaluate = jax.jit(apply)
-  images = jnp.asarray(train.train_images)
-  labels = jnp.asarray(train.train_labels, jnp.int32)
-  index = samplers.build_class_index(labels, train.num_classes)
-  f_hat = confusion_hat(evaluate, train.train_images, train.train_labels, train.num_classes)
+  data = recipe.DeviceDataset.from_arrays(train.train_images, train.train_labels,
+                                          train.num_classes)
+  images, labels, index = data.images, data.labels, data.index
+  f_hat = confusion_hat(run, data, jax.random.key(args.seed))
   fore, back = draw_batches(jax.random.key(args.seed), index.counts, index, labels.size,
                             args.scan_batches, args.batch_size)
   z_fore = jax.vmap(lambda i: evaluate(images[i])["features"])(fore)

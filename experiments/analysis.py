@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ltjax import label_rules, losses, metrics, mixing, plots, recipe, samplers
+from ltjax import (label_rules, losses, metrics, mixing, pairing, plots, recipe, samplers,
+                   training)
 from ltjax.methods import bilateral, cp_mix, lobm, mixup, otmix
-
 
 
 def _class_laws(counts: jax.Array) -> dict[str, jax.Array]:
@@ -43,11 +43,10 @@ def occurrence(key: jax.Array, counts: jax.Array, law_a: jax.Array, law_b: jax.A
     y_a = jax.random.choice(k_a, counts.shape[0], (batch,), p=law_a)
     y_b = jax.random.choice(k_b, counts.shape[0], (batch,), p=law_b)
     lam = jnp.broadcast_to(mixing.sample_lambda(k_l, alpha), (batch,))
-    lam_y = rule(lam, counts[y_a], counts[y_b])
-    return jnp.concatenate([y_a, y_b]), jnp.concatenate([lam_y, 1.0 - lam_y])
-  labels, weights = jax.vmap(one)(jax.random.split(key, num_draws))
-  totals = jnp.zeros(counts.shape[0]).at[labels.ravel()].add(weights.ravel())
-  return np.asarray(totals / totals.sum())
+    return y_a, y_b, rule(lam, counts[y_a], counts[y_b])
+  y_a, y_b, lam_y = jax.vmap(one)(jax.random.split(key, num_draws))
+  return np.asarray(metrics.label_occurrence(y_a.ravel(), y_b.ravel(), lam_y.ravel(),
+                                             counts.shape[0]))
 
 
 def occurrence_series(rcp: recipe.Recipe, counts: jax.Array, key: jax.Array,
@@ -64,8 +63,10 @@ def occurrence_series(rcp: recipe.Recipe, counts: jax.Array, key: jax.Array,
     alpha = rcp.alpha
   elif isinstance(rcp, bilateral.DBNMix):
     rev = samplers.reverse_probs(counts, rcp.gamma)
-    pairs = [("IB+rev, lam_c (branch c)", laws["IB"], rev, lambda l, a, b: jnp.maximum(l, 1 - l)),
-             ("IB+rev, lam_r (branch r)", laws["IB"], rev, lambda l, a, b: jnp.minimum(l, 1 - l))]
+    pairs = [("IB+rev, lam_c (branch c)", laws["IB"], rev,
+              lambda lam, n_a, n_b: label_rules.bilateral(lam)[0]),
+             ("IB+rev, lam_r (branch r)", laws["IB"], rev,
+              lambda lam, n_a, n_b: label_rules.bilateral(lam)[1])]
     alpha = rcp.alpha
   elif isinstance(rcp, bilateral.SBNMix):
     rev = samplers.reverse_probs(counts, rcp.gamma)
@@ -98,6 +99,7 @@ def ot_pair_counts(rcp: otmix.OTmix, apply_fn: Callable, params: Any, batch_stat
   trained model's OT plan with the last epoch's F_hat (random pairs for CMO).
   """
   forward = recipe.Forward(apply_fn, params, batch_stats, train=False)
+  load = training.make_load(data, None, normalize_fn)
   k = data.num_classes
   fore_law = samplers.inverse_power_probs(data.class_counts, rcp.r)
   back_law = samplers.instance_balanced_probs(data.class_counts)
@@ -105,14 +107,12 @@ def ot_pair_counts(rcp: otmix.OTmix, apply_fn: Callable, params: Any, batch_stat
   @jax.jit
   def one(key):
     k_f, k_b, k_p = jax.random.split(key, 3)
-    idx_f = samplers.draw_indices(k_f, data.index, fore_law, batch_size)
-    idx_b = samplers.draw_indices(k_b, data.index, back_law, batch_size)
-    x_f, y_f = normalize_fn(data.images[idx_f]), data.labels[idx_f]
-    x_b, y_b = normalize_fn(data.images[idx_b]), data.labels[idx_b]
+    x_f, y_f = load(k_f, samplers.draw_indices(k_f, data.index, fore_law, batch_size))
+    x_b, y_b = load(k_b, samplers.draw_indices(k_b, data.index, back_law, batch_size))
     if rcp.ot:
       partner = rcp.ot_partners(forward, method_state, x_f, y_f, x_b, y_b)
     else:
-      partner = jax.random.permutation(k_p, batch_size)
+      partner = pairing.random_pairs(k_p, batch_size)
     return jnp.zeros((k, k), jnp.int32).at[y_f, y_b[partner]].add(1)
 
   return np.asarray(sum(one(jax.random.fold_in(key, i)) for i in range(num_draws)))

@@ -198,8 +198,9 @@ def make_train_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
 
   def train_epoch(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array
                   ) -> tuple[TrainState, Metrics]:
+    epoch = jnp.asarray(epoch, jnp.int32)
     state, perm = begin_epoch(state, data, epoch)
-    step = lambda s, idx: train_step(data, jnp.asarray(epoch, jnp.int32), s, idx)
+    step = lambda s, idx: train_step(data, epoch, s, idx)
     return jax.lax.scan(step, state, perm)
 
   def step_call(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array,

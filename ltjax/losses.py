@@ -13,9 +13,11 @@ loss equals its textbook (hard-label) form.
 | focal_loss              | -sum_k y_k (1 - p_k)^gamma log p_k               | Lin et al. 2017 |
 | temperature_scaled_loss | CE(softmax(z / T), y) or the code's binary form  | DBN-Mix         |
 
-Class weights (`weights`, shape (K,)) follow PyTorch's `F.cross_entropy(weight=w)`: see
-`soft_cross_entropy`. DRW (deferred re-weighting, Cao et al. 2019; used by MAMix) supplies
-them through `deferred_weights`.
+Class weights (`weights`, shape (K,)) are reduced in one of the two ways the reference codes
+use (`reduction`, see `soft_cross_entropy`): "mean", the per-sample weighted loss averaged
+over the batch (imbalanced-DL, MAMix Algorithm 1), or "normalized", divided by the summed
+label weight (PyTorch's `F.cross_entropy(weight=w)`; LDAM-DRW, OTmix). DRW (deferred
+re-weighting, Cao et al. 2019) supplies the weights through `deferred_weights`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from jax.typing import ArrayLike
 
 from ltjax import _checks
 
+REDUCTIONS = ("mean", "normalized")
 TEMPERATURE_FORMS = ("paper", "code")
 TEMPERATURE_LOSS_FORMS = ("ce", "binary")
 
@@ -63,54 +66,68 @@ def _check_class_vector(x: ArrayLike, num_classes: int, name: str) -> None:
   _checks.check_in_range(x, name, 0.0, float("inf"))
 
 
-def _reduce(terms: jax.Array, soft_labels: jax.Array,
-            weights: ArrayLike | None) -> jax.Array:
+def _check_reduction(reduction: str) -> None:
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"Unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}.")
+
+
+def _reduce(terms: jax.Array, soft_labels: jax.Array, weights: ArrayLike | None,
+            reduction: str = "mean", sample_weights: ArrayLike | None = None) -> jax.Array:
   """Batch reduction of per-class loss terms t_ik (B, K), optionally class-weighted.
 
-  Unweighted: mean_i sum_k t_ik. Weighted: sum_i sum_k w_k t_ik / sum_i sum_k w_k y_ik.
+  Numerator `S = sum_i s_i sum_k w_k t_ik` (w_k = 1 without class weights, s_i = 1 without
+  sample weights); "mean" returns `S / B`, "normalized" returns `S / sum_i sum_k w_k y_ik`.
+  Sample weights scale the numerator only, so `s = lam` (a scalar) gives `lam * L`.
   """
-  if weights is None:
-    return terms.sum(axis=-1).mean()
-  w = _float(weights)
-  return (terms * w).sum() / (soft_labels * w).sum()
+  _check_reduction(reduction)
+  w = jnp.ones(terms.shape[-1], terms.dtype) if weights is None else _float(weights)
+  per_sample = (terms * w).sum(axis=-1)
+  if sample_weights is not None:
+    per_sample = per_sample * _float(sample_weights)
+  if reduction == "mean":
+    return per_sample.mean()
+  return per_sample.sum() / (soft_labels * w).sum()
 
 
 def soft_cross_entropy(logits: ArrayLike, soft_labels: ArrayLike,
-                       weights: ArrayLike | None = None) -> jax.Array:
+                       weights: ArrayLike | None = None, reduction: str = "mean",
+                       sample_weights: ArrayLike | None = None) -> jax.Array:
   """Cross-entropy with soft labels, optionally class-weighted.
 
-  Unweighted: `L = (1/B) sum_i l_i`, `l_i = -sum_k y_ik log softmax(z_i)_k`.
+  Per-class terms `t_ik = -w_k y_ik log softmax(z_i)_k` (w_k = 1 without `weights`), reduced
+  over the batch in one of two ways, which differ only with class weights:
 
-  Weighted with class weights w (K,): each class term is weighted by its class and the
-  sum is normalised by the total label weight,
+  - reduction="mean": `L = (1/B) sum_i s_i sum_k t_ik`. With mixup labels
+    `y = lam e_a + (1 - lam) e_b` this is the imbalanced-DL reference
+    (`CrossEntropyLoss(weight=w, reduction="none")` per side, mixed, then `.mean()`) and
+    MAMix's Algorithm 1: `(1/B) sum_i (lam w_a CE_a + (1 - lam) w_b CE_b)`.
+  - reduction="normalized": `L = sum_i s_i sum_k t_ik / sum_i sum_k w_k y_ik`. For one-hot
+    labels this is PyTorch's `F.cross_entropy(z, y, weight=w)` =
+    `sum_i w_{y_i} CE_i / sum_i w_{y_i}` (LDAM-DRW's DRW loss).
 
-      L = sum_i sum_k w_k y_ik (-log p_ik) / sum_i s_i,   s_i = sum_k w_k y_ik.
-
-  For one-hot labels this is exactly PyTorch's `F.cross_entropy(z, y, weight=w)`:
-  `sum_i w_{y_i} l_i / sum_i w_{y_i}`. For mixup labels `y = lam y_a + (1 - lam) y_b`
-  the numerator is `lam * num_a + (1 - lam) * num_b`, i.e. the two weighted CE terms of
-  the reference mixup-DRW code (Remix / MAMix `mixup_criterion`); when the partners are a
-  permutation of the same batch (vanilla mixup) the label weights of both sides are equal,
-  and L equals that code's `lam * CE_w(z, y_a) + (1 - lam) * CE_w(z, y_b)` exactly.
+  `sample_weights` s_i (default 1) scale the numerator only: `s = lam` with one-hot labels
+  gives one side of the reference codes' `lam * CE(z, y_a) + (1 - lam) * CE(z, y_b)`.
 
   Args:
     logits: (B, K) logits.
     soft_labels: (B, K) soft labels.
     weights: optional (K,) non-negative class weights (e.g. from `deferred_weights`).
+    reduction: "mean" or "normalized" (see above).
+    sample_weights: optional scalar or (B,) weights of the numerator.
 
   Returns:
     Scalar loss.
 
   Raises:
     ValueError: logits and labels of different shapes, negative labels, weights of the
-      wrong shape or negative.
+      wrong shape or negative, unknown reduction.
   """
   num_classes = _check_logits_labels(logits, soft_labels)
   if weights is not None:
     _check_class_vector(weights, num_classes, "weights")
   y = _float(soft_labels)
   log_p = jax.nn.log_softmax(_float(logits), axis=-1)
-  return _reduce(-y * log_p, y, weights)
+  return _reduce(-y * log_p, y, weights, reduction, sample_weights)
 
 
 def drw_weights(counts: ArrayLike, beta: float = 0.9999) -> jax.Array:
@@ -159,21 +176,27 @@ def ldam_margins(counts: ArrayLike, max_margin: float = 0.5) -> jax.Array:
 
 
 def ldam_loss(logits: ArrayLike, soft_labels: ArrayLike, margins: ArrayLike,
-              scale: float = 30.0, weights: ArrayLike | None = None) -> jax.Array:
-  """LDAM loss (Cao et al. 2019) generalised to soft labels.
+              scale: float = 30.0, weights: ArrayLike | None = None,
+              reduction: str = "normalized",
+              sample_weights: ArrayLike | None = None) -> jax.Array:
+  """LDAM loss (Cao et al. 2019): `L = CE_w(s * (z - y * m), y)`.
 
-  `L = CE_w(s * (z - y * m), y)`: the logits `z` come from a normalised linear head
-  (cosines), each logit z_ik loses `y_ik m_k` and the result is scaled by `s`. For a
-  one-hot label this subtracts the target's margin m_y from the target logit only, which
-  is LDAM exactly; for a mixup label `lam e_a + (1 - lam) e_b` class a loses `lam m_a` and
-  class b loses `(1 - lam) m_b`. `weights` (DRW) are applied as in `soft_cross_entropy`.
+  The logits `z` come from a normalised linear head (cosines); each logit z_ik loses
+  `y_ik m_k` and the result is scaled by `s`. For a one-hot label this subtracts the
+  target's margin m_y from the target logit only, which is LDAM exactly (the reference's
+  `LDAMLoss`, whose class weights reduce as `F.cross_entropy(weight=w)`, hence the
+  default reduction "normalized"). Mixed labels: the references apply LDAM to each side
+  with its full margin, `lam * LDAM(z, y_a) + (1 - lam) * LDAM(z, y_b)`: call this with
+  one-hot labels per side and `sample_weights=lam` (`ltjax.methods.Criterion` does). With a
+  soft label the margin is split (class a loses `lam m_a`), which is not the reference.
 
   Args:
     logits: (B, K) cosine logits.
-    soft_labels: (B, K) soft labels.
+    soft_labels: (B, K) soft labels (one-hot for the reference loss).
     margins: (K,) margins, e.g. `ldam_margins(counts)`.
     scale: s > 0 (30 in LDAM).
     weights: optional (K,) class weights.
+    reduction, sample_weights: as in `soft_cross_entropy`.
 
   Raises:
     ValueError: shape mismatches, negative margins or weights, scale <= 0.
@@ -183,7 +206,7 @@ def ldam_loss(logits: ArrayLike, soft_labels: ArrayLike, margins: ArrayLike,
   _checks.check_positive(scale, "scale")
   y = _float(soft_labels)
   adjusted = scale * (_float(logits) - y * _float(margins))
-  return soft_cross_entropy(adjusted, y, weights)
+  return soft_cross_entropy(adjusted, y, weights, reduction, sample_weights)
 
 
 def log_prior(counts: ArrayLike) -> jax.Array:
@@ -198,8 +221,9 @@ def log_prior(counts: ArrayLike) -> jax.Array:
 
 
 def balanced_softmax_loss(logits: ArrayLike, soft_labels: ArrayLike, counts: ArrayLike,
-                          weights: ArrayLike | None = None,
-                          tau: float = 1.0) -> jax.Array:
+                          weights: ArrayLike | None = None, tau: float = 1.0,
+                          reduction: str = "mean",
+                          sample_weights: ArrayLike | None = None) -> jax.Array:
   """Balanced softmax (Ren et al. 2020) / logit-adjusted loss (Menon et al. 2021).
 
   `L = CE_w(z + tau * log(n_k / N), y)`. tau = 1 is balanced softmax (BALMS, the L_BS of
@@ -212,6 +236,7 @@ def balanced_softmax_loss(logits: ArrayLike, soft_labels: ArrayLike, counts: Arr
     counts: (K,) training images per class, all >= 1.
     weights: optional (K,) class weights, as in `soft_cross_entropy`.
     tau: adjustment strength, >= 0.
+    reduction, sample_weights: as in `soft_cross_entropy`.
 
   Raises:
     ValueError: shape mismatches, bad counts, tau < 0.
@@ -219,7 +244,8 @@ def balanced_softmax_loss(logits: ArrayLike, soft_labels: ArrayLike, counts: Arr
   num_classes = _check_logits_labels(logits, soft_labels)
   _checks.check_shape(counts, (num_classes,), "counts")
   _checks.check_positive(tau, "tau", allow_zero=True)
-  return soft_cross_entropy(_float(logits) + tau * log_prior(counts), soft_labels, weights)
+  return soft_cross_entropy(_float(logits) + tau * log_prior(counts), soft_labels, weights,
+                            reduction, sample_weights)
 
 
 def focal_loss(logits: ArrayLike, soft_labels: ArrayLike, gamma: float = 1.0) -> jax.Array:

@@ -16,6 +16,8 @@ become masks through iota comparisons, never dynamic slices.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -99,6 +101,33 @@ def mix_labels(y_a: ArrayLike, y_b: ArrayLike, lam_y: ArrayLike) -> jax.Array:
     (B, K) soft labels.
   """
   return _mix(y_a, y_b, lam_y, ("y_a", "y_b"))
+
+
+class MixedLabels(NamedTuple):
+  """The labels of a (possibly mixed) batch: `y = lam y_a + (1 - lam) y_b`.
+
+  Kept as the two hard sides and the factor, because the reference codes compute their
+  loss per side (`lam * L(z, y_a) + (1 - lam) * L(z, y_b)`), which differs from the loss of
+  the soft label for LDAM margins and for class-weighted reductions (`ltjax.losses`).
+
+  Attributes:
+    labels_a, labels_b: (B,) integer labels of the two sides.
+    lam: scalar or (B,) label factor lam_y in [0, 1] (1: the label is labels_a).
+  """
+  labels_a: jax.Array
+  labels_b: jax.Array
+  lam: jax.Array
+
+  @classmethod
+  def hard(cls, labels: ArrayLike) -> "MixedLabels":
+    """Unmixed labels: both sides `labels`, lam = 1."""
+    labels = jnp.asarray(labels)
+    return cls(labels, labels, jnp.ones((), jnp.float32))
+
+  def soft(self, num_classes: int) -> jax.Array:
+    """(B, K) float32 soft labels `lam e_a + (1 - lam) e_b`."""
+    one_hot = lambda y: jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
+    return mix_labels(one_hot(self.labels_a), one_hot(self.labels_b), self.lam)
 
 
 def _check_image_size(height: int, width: int) -> None:
@@ -189,7 +218,25 @@ def cutmix(key: jax.Array, x_back: ArrayLike, x_fore: ArrayLike, lam: ArrayLike,
     lam = jnp.broadcast_to(lam, (batch,))
   elif lam.ndim != 0:
     raise ValueError(f"lam must be a scalar without per_sample=True, got shape {lam.shape}.")
-  y0, y1, x0, x1 = box = cutmix_box(key, lam, height, width)
+  return paste_box(x_back, x_fore, cutmix_box(key, lam, height, width))
+
+
+def paste_box(x_back: ArrayLike, x_fore: ArrayLike, box: Box) -> tuple[jax.Array, jax.Array]:
+  """Pastes `box` of the foreground images onto the backgrounds (the CutMix paste).
+
+  x = M * x_fore + (1 - M) * x_back for the box mask M, and
+  lam_back = 1 - area(box) / (H W).
+
+  Args:
+    x_back, x_fore: (B, H, W, C) images of the same shape.
+    box: (y0, y1, x0, x1), each scalar or (B,) (e.g. from `cutmix_box`).
+
+  Returns:
+    (x_mixed, lam_back) as in `cutmix`.
+  """
+  x_back, x_fore = jnp.asarray(x_back), jnp.asarray(x_fore)
+  height, width = x_back.shape[1:3]
+  y0, y1, x0, x1 = box
   mask = box_mask(box, height, width)[..., None]
   lam_back = 1.0 - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (height * width)
   return jnp.where(mask, x_fore, x_back), lam_back

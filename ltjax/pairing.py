@@ -138,23 +138,26 @@ def confusion_matrix_update(counts: ArrayLike, labels: ArrayLike,
 
 
 def normalized_confusion(confusion: ArrayLike) -> jax.Array:
-  """Row-normalised confusion with a zero diagonal: F_hat of OTmix (Gao et al., eq. 7).
+  """F_hat of OTmix (Gao et al., eq. 7): the row-normalised confusion, diagonal set to 0.
 
-  F_hat[k, j] = C[k, j] / sum_{j' != k} C[k, j'] for j != k, F_hat[k, k] = 0; a row with
-  no off-diagonal entries is all zeros.
+  F_hat[k, j] = C[k, j] / sum_j' C[k, j'] for j != k and F_hat[k, k] = 0: each *full* row
+  is normalised first, then the diagonal is zeroed, and the rows are not renormalised
+  (paper: "a normalized confusion matrix F ... set the diagonal element in F to 0"; the
+  authors' code: `cf / cf.sum(1)`, then `cf[l][l] = 0`). A row then sums to the class's
+  error rate 1 - acc_k; an empty row is all zeros.
 
   Args:
     confusion: (K, K) non-negative counts or frequencies (rows: true class).
 
   Returns:
-    (K, K) float matrix; every row sums to 1 or is 0.
+    (K, K) float matrix with a zero diagonal; row k sums to 1 - C[k, k] / sum_j C[k, j].
   """
   num_classes = _check_square(confusion, "confusion")
   c = jnp.asarray(confusion)
   c = c.astype(c.dtype if jnp.issubdtype(c.dtype, jnp.inexact) else jnp.float32)
-  c = jnp.where(jnp.eye(num_classes, dtype=bool), 0, c)
   total = c.sum(axis=1, keepdims=True)
-  return jnp.where(total > 0, c / jnp.where(total > 0, total, 1), 0)
+  rows = jnp.where(total > 0, c / jnp.where(total > 0, total, 1), 0)
+  return jnp.where(jnp.eye(num_classes, dtype=bool), 0, rows)
 
 
 def confusion_partners(key: jax.Array, counts: ArrayLike, true_classes: ArrayLike,

@@ -119,23 +119,45 @@ class StepContext:
     """Independent sub-keys of this step's key, one per name (stable across recipes)."""
     return {n: jax.random.fold_in(self.key, i) for i, n in enumerate(names)}
 
-  def clean_batch(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def clean_batch(self, key: jax.Array) -> "Batch":
     """The step's instance-balanced batch (epoch permutation), augmented."""
-    return self.load(key, self.clean_indices)
+    return Batch(*self.load(key, self.clean_indices), self.clean_indices)
 
-  def draw(self, key: jax.Array, probs: jax.Array, num: int | None = None
-           ) -> tuple[jax.Array, jax.Array]:
+  def draw(self, key: jax.Array, probs: jax.Array, num: int | None = None) -> "Batch":
     """A batch drawn with replacement from the whole dataset by a class law `probs`."""
     key_idx, key_aug = jax.random.split(key)
     idx = samplers.draw_indices(key_idx, self.data.index, probs, num or self.batch_size)
-    return self.load(key_aug, idx)
+    return Batch(*self.load(key_aug, idx), idx)
+
+
+class Batch(NamedTuple):
+  """A loaded batch: inputs, labels and the dataset indices they came from.
+
+  Attributes:
+    x: (B, H, W, C) float32 inputs (augmented, normalised).
+    labels: (B,) int32 labels.
+    indices: (B,) int32 dataset indices.
+  """
+  x: jax.Array
+  labels: jax.Array
+  indices: jax.Array
 
 
 class LossOutput(NamedTuple):
-  """What a recipe's loss returns besides the scalar loss."""
+  """What a recipe's loss returns besides the scalar loss.
+
+  Attributes:
+    forward: the Forward after the step's model calls (updated batch statistics).
+    method_state: the recipe's state after the step.
+    metrics: scalars logged per step (averaged over the epoch).
+    draws: the step's random outcomes (dataset indices, lambda, partners, boxes, ...),
+      named per recipe; the epoch loop drops them, `loop.make_train_step` returns them so
+      that a step can be replayed by an independent implementation (tests/parity).
+  """
   forward: Forward
   method_state: PyTree
   metrics: dict[str, jax.Array]
+  draws: dict[str, jax.Array] = {}
 
 
 @dataclasses.dataclass(frozen=True)

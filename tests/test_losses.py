@@ -24,11 +24,23 @@ def np_log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def np_soft_ce(z, y, w=None):
-  """Mean of -sum_k y_k log p_k; with w: sum_ik w_k y_ik (-log p_ik) / sum_ik w_k y_ik."""
+  """Mean of -sum_k y_k log p_k; with w the batch mean of -sum_k w_k y_ik log p_ik."""
   terms = -y * np_log_softmax(z)
   if w is None:
     return terms.sum(axis=1).mean()
-  return (terms * w).sum() / (y * w).sum()
+  return (terms * w).sum(axis=1).mean()
+
+
+def np_imbalanced_dl_mixup_drw(z, labels_a, labels_b, lam, w):
+  """imbalanced-DL mixup-DRW: CE(weight=w, reduction='none') per side, mixed, .mean().
+
+  lam may be a scalar or per sample (the label factor lam_y of Remix / MAMix).
+  """
+  rows = np.arange(len(labels_a))
+  nll = -np_log_softmax(z)
+  per_sample = (lam * w[labels_a] * nll[rows, labels_a]
+                + (1 - lam) * w[labels_b] * nll[rows, labels_b])
+  return per_sample.mean()
 
 
 def np_torch_weighted_ce(z, labels, w):
@@ -110,26 +122,43 @@ def test_weighted_cross_entropy_hard_labels_is_pytorch_weighting(seed):
   z, _, counts = random_case(seed)
   labels = np.random.default_rng(seed + 10).integers(0, z.shape[1], z.shape[0])
   w = np_drw(counts, 0.9999)
-  got = losses.soft_cross_entropy(f32(z), f32(one_hot(labels, z.shape[1])), f32(w))
+  got = losses.soft_cross_entropy(f32(z), f32(one_hot(labels, z.shape[1])), f32(w),
+                                  reduction="normalized")
   close(got, np_torch_weighted_ce(z, labels, w))
   unweighted = losses.soft_cross_entropy(f32(z), f32(one_hot(labels, z.shape[1])))
   close(unweighted, np_torch_weighted_ce(z, labels, np.ones(z.shape[1])))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_weighted_cross_entropy_of_batch_mixup_equals_two_term_reference(seed):
-  """Reference mixup-DRW: lam * CE_w(z, y_a) + (1 - lam) * CE_w(z, y_a[perm])."""
+def test_weighted_mean_of_mixup_labels_is_the_imbalanced_dl_reference(seed):
+  """Defect 1 of the fidelity audit: reduction='mean' is (1/B) sum_i (lam w_a CE_a + ...)."""
   rng = np.random.default_rng(seed)
   z, _, counts = random_case(seed)
-  k = z.shape[1]
-  labels_a = rng.integers(0, k, z.shape[0])
-  labels_b = labels_a[rng.permutation(z.shape[0])]
+  k, batch = z.shape[1], z.shape[0]
+  labels_a = rng.integers(0, k, batch)
+  labels_b = rng.integers(0, k, batch)
+  lam = rng.uniform(size=batch)
+  w = np_drw(counts, 0.9999)
+  y = lam[:, None] * one_hot(labels_a, k) + (1 - lam[:, None]) * one_hot(labels_b, k)
+  expected = np_imbalanced_dl_mixup_drw(z, labels_a, labels_b, lam, w)
+  close(losses.soft_cross_entropy(f32(z), f32(y), f32(w)), expected)
+  close(losses.soft_cross_entropy(f32(z), f32(y), f32(w), reduction="mean"), expected)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_normalized_reduction_with_sample_weights_is_one_side_of_pytorch_mixup(seed):
+  """OTmix code: lam * F.cross_entropy(z, y_a, weight=w) + (1 - lam) * (... y_b)."""
+  rng = np.random.default_rng(seed)
+  z, _, counts = random_case(seed)
+  k, batch = z.shape[1], z.shape[0]
+  labels_a, labels_b = rng.integers(0, k, batch), rng.integers(0, k, batch)
   lam = rng.uniform()
   w = np_drw(counts, 0.9999)
-  y = lam * one_hot(labels_a, k) + (1 - lam) * one_hot(labels_b, k)
+  side = lambda labels, s: losses.soft_cross_entropy(
+      f32(z), f32(one_hot(labels, k)), f32(w), reduction="normalized", sample_weights=s)
   expected = (lam * np_torch_weighted_ce(z, labels_a, w)
               + (1 - lam) * np_torch_weighted_ce(z, labels_b, w))
-  close(losses.soft_cross_entropy(f32(z), f32(y), f32(w)), expected)
+  close(side(labels_a, lam) + side(labels_b, 1 - lam), expected)
 
 
 # ---------------------------------------------------------------- DRW
@@ -178,6 +207,7 @@ def test_ldam_loss_hard_labels_match_cao_reference(seed):
   margins = losses.ldam_margins(counts)
   w = np_drw(counts, 0.9999)
   close(losses.ldam_loss(f32(cosines), y, margins), np_ldam_hard(cosines, labels, counts, 30.0))
+  # LDAMLoss passes its DRW weights to F.cross_entropy(weight=w): "normalized" by default.
   close(losses.ldam_loss(f32(cosines), y, margins, scale=10.0, weights=f32(w)),
         np_ldam_hard(cosines, labels, counts, 10.0, w))
 

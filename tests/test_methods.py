@@ -19,7 +19,7 @@ import pytest
 from flax import linen as nn
 from scipy import stats
 
-from ltjax import recipe, samplers
+from ltjax import mixing, recipe, samplers
 from ltjax import models as models_lib
 from ltjax import methods
 from ltjax.methods import criteria, lobm, mixup
@@ -142,12 +142,13 @@ def test_criterion_drw_switches_on_traced_epoch():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(6, K)).astype(np.float32)
   soft = np.eye(K)[rng.integers(0, K, 6)]
+  labels = mixing.MixedLabels.hard(soft.argmax(1))
   crit = criteria.Criterion("ce", drw_epoch=3)
   w = (1 - 0.9999) / (1 - 0.9999 ** COUNTS.astype(np.float64))
   w = w * K / w.sum()
   per = -(soft * (logits - np.log(np.exp(logits).sum(1, keepdims=True)))).sum(1)
-  weighted = float((per * (soft @ w)).sum() / (soft @ w).sum())
-  fn = jax.jit(lambda e: crit.compute(logits, soft, COUNTS, e))
+  weighted = float((per * (soft @ w)).sum() / (soft @ w).sum())  # F.cross_entropy(weight=w)
+  fn = jax.jit(lambda e: crit.compute(logits, labels, COUNTS, e))
   np.testing.assert_allclose(float(fn(2)), per.mean(), rtol=1e-5)
   np.testing.assert_allclose(float(fn(3)), weighted, rtol=1e-5)
 
@@ -158,7 +159,8 @@ def test_criterion_kinds_and_head():
   assert methods.ERM().head == "linear"
   logits = np.random.default_rng(1).normal(size=(5, K)).astype(np.float32)
   soft = np.eye(K)[[0, 1, 2, 3, 0]]
-  bs = criteria.Criterion("balanced_softmax").compute(logits, soft, COUNTS, 0)
+  bs = criteria.Criterion("balanced_softmax").compute(
+      logits, mixing.MixedLabels.hard(np.array([0, 1, 2, 3, 0])), COUNTS, 0)
   np.testing.assert_allclose(float(bs), np_ce(logits + np.log(COUNTS / N), soft), rtol=1e-5)
 
 
@@ -223,7 +225,7 @@ def test_remix_and_mamix_favour_the_minority():
   for rule in ("remix", "mamix"):
     mixed = mixup.mix_batch(jax.random.key(0), jnp.zeros((1, 2)), a, jnp.zeros((1, 2)), b,
                             counts, alpha=1.0, rule=methods.Mixup(label_rule=rule).rule())
-    assert float(mixed.lam_y[0]) <= float(mixed.lam) + 1e-6
+    assert float(mixed.labels.lam[0]) <= float(mixed.lam) + 1e-6
 
 
 def test_smote_mix_pairs_within_class_with_hard_labels():
@@ -245,7 +247,8 @@ def test_neighbor_mix_uses_nearest_feature_neighbour():
   clean = np.arange(B) * 5
   ctx = make_ctx(jax.random.key(1), clean=clean, data=data)
   recipe_ = methods.get_recipe("neighbor_mix", num_epochs=10)
-  partner = recipe_.partners(jax.random.key(0), Recorder().forward(), *ctx.clean_batch(None))
+  x, labels, _ = ctx.clean_batch(None)
+  partner = recipe_.partners(jax.random.key(0), Recorder().forward(), x, labels)
   feats = images[clean].reshape(B, -1).astype(np.float64) / 255
   dist = ((feats[:, None] - feats[None]) ** 2).sum(-1) + np.diag(np.full(B, np.inf))
   np.testing.assert_array_equal(np.asarray(partner), dist.argmin(1))
@@ -255,7 +258,8 @@ def test_neighbor_mix_uses_nearest_feature_neighbour():
 
 def test_lobm_both_sides_class_balanced():
   draw = jax.jit(jax.vmap(lambda k: lobm.balanced_pair(make_ctx(k), k)))
-  _, y_a, _, y_b = draw(jax.random.split(jax.random.key(0), 500))
+  batch_a, batch_b = draw(jax.random.split(jax.random.key(0), 500))
+  y_a, y_b = batch_a.labels, batch_b.labels
   for side in (y_a, y_b):
     observed = np.bincount(np.asarray(side).ravel(), minlength=K)
     assert stats.chisquare(observed).pvalue > 1e-3
@@ -383,8 +387,24 @@ def test_cp_pairs_come_from_their_rows():
   assert row2[2] == 0 and stats.chisquare(row2[[0, 1, 3]]).pvalue > 1e-3
 
 
-def test_cp_mix_stage1_has_no_cp_term():
-  recipe_ = methods.CPMix(stage2_epoch=3, mix_label_rule="vanilla")
+def test_cp_mix_stage1_is_balanced_softmax_erm_by_default():
+  """Appendix B.3: stage 1 differs from ERM only by collecting confusion pairs."""
+  recipe_ = methods.CPMix(stage2_epoch=3)
+  state = {"confusion": jnp.ones((K, K), jnp.int32)}
+  ctx = make_ctx(jax.random.key(0), epoch=2)
+  loss, out, _, _ = run(recipe_, ctx, state)
+  clean = np.asarray(ctx.clean_indices)
+  loss_bs = np_ce(W[clean] + np.log(COUNTS / N), Y[clean])
+  np.testing.assert_allclose(loss, loss_bs, rtol=1e-5)
+  assert float(out.metrics["loss_mix"]) == 0.0 and float(out.metrics["loss_cp"]) == 0.0
+  loss2, out2, _, _ = run(recipe_, make_ctx(jax.random.key(0), epoch=3), state)
+  mix, cp = float(out2.metrics["loss_mix"]), float(out2.metrics["loss_cp"])
+  assert mix > 0 and cp > 0
+  np.testing.assert_allclose(loss2, loss_bs + 2.5 * mix + 2.5 * cp, rtol=1e-5)
+
+
+def test_cp_mix_mix_from_start_adds_the_mix_term_in_stage1_but_no_cp_term():
+  recipe_ = methods.CPMix(stage2_epoch=3, mix_label_rule="vanilla", mix_from="start")
   state = {"confusion": jnp.ones((K, K), jnp.int32)}
   ctx = make_ctx(jax.random.key(0), epoch=2)
   loss, out, [(x_mix, _)], _ = run(recipe_, ctx, state, calls=(1,))

@@ -96,15 +96,15 @@ def test_confusion_update_errors():
     pairing.confusion_matrix_update(counts, np.array([0, 1]), np.array([0]))
 
 
-def test_normalized_confusion():
+def test_normalized_confusion_normalises_full_rows_then_zeroes_the_diagonal():
+  """OTmix paper and code: `cf / cf.sum(1)`, then `cf[l][l] = 0`; rows not renormalised."""
   conf = np.array([[5, 2, 6, 0], [0, 9, 0, 0], [1, 1, 0, 2], [0, 0, 0, 0]])
   got = np.asarray(pairing.normalized_confusion(conf), np.float64)
-  want = conf * (1 - np.eye(4))
-  sums = want.sum(1, keepdims=True)
-  want = np.divide(want, sums, out=np.zeros_like(want), where=sums > 0)
+  want = np.array([[0, 2 / 13, 6 / 13, 0], [0, 0, 0, 0], [1 / 4, 1 / 4, 0, 2 / 4],
+                   [0, 0, 0, 0]])
   np.testing.assert_allclose(got, want, rtol=1e-6)
-  np.testing.assert_array_equal(np.diag(got), 0)
-  np.testing.assert_allclose(got.sum(1), [1, 0, 1, 0], rtol=1e-6)
+  # A row sums to the class's error rate, not to 1 (8/13 for class 0, 1 for class 2).
+  np.testing.assert_allclose(got.sum(1), [8 / 13, 0, 1, 0], rtol=1e-6)
   with pytest.raises(ValueError, match="non-negative"):
     pairing.normalized_confusion(-np.eye(2))
 

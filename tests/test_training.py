@@ -45,7 +45,7 @@ class TinyERM(recipe_lib.Recipe):
 
   def loss(self, forward, ctx, method_state):
     TRACES.append(1)
-    x, y = ctx.clean_batch(ctx.keys("clean")["clean"])
+    x, y, _ = ctx.clean_batch(ctx.keys("clean")["clean"])
     outputs, forward = forward(x)
     logits = outputs["logits"]
     loss = optax.softmax_cross_entropy(

@@ -33,19 +33,17 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import _checks, label_rules, losses, mixing, recipe, samplers
-from ltjax.methods import common
 
 TEMPERATURES = ("paper", "code", "none")
 LOSS_FORMS = losses.TEMPERATURE_LOSS_FORMS
 
 
 def uniform_reverse_pair(ctx: recipe.StepContext, key: jax.Array, gamma: float
-                         ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """(x_u, y_u, x_v, y_v): the clean batch and a reverse-sampled batch of the same size."""
+                         ) -> tuple[recipe.Batch, recipe.Batch]:
+  """The clean (uniform) batch and a reverse-sampled batch of the same size."""
   key_u, key_v = jax.random.split(key)
-  x_u, y_u = ctx.clean_batch(key_u)
-  x_v, y_v = ctx.draw(key_v, samplers.reverse_probs(ctx.class_counts, gamma))
-  return x_u, y_u, x_v, y_v
+  return (ctx.clean_batch(key_u),
+          ctx.draw(key_v, samplers.reverse_probs(ctx.class_counts, gamma)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,16 +99,17 @@ class DBNMix(_Bilateral):
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
     keys = ctx.keys("pair", "lam")
-    x_u, y_u, x_v, y_v = uniform_reverse_pair(ctx, keys["pair"], self.gamma)
-    lam_c, lam_r = label_rules.bilateral(self.lam(keys["lam"], y_u.shape[0]))
-    soft_u = common.one_hot(y_u, ctx.num_classes)
-    soft_v = common.one_hot(y_v, ctx.num_classes)
-    x_c, y_c = mixing.mix_inputs(x_u, x_v, lam_c), mixing.mix_labels(soft_u, soft_v, lam_c)
-    x_r, y_r = mixing.mix_inputs(x_u, x_v, lam_r), mixing.mix_labels(soft_u, soft_v, lam_r)
-    outputs, forward = forward(x_c, x_rebalance=x_r)
+    u, v = uniform_reverse_pair(ctx, keys["pair"], self.gamma)
+    lam = self.lam(keys["lam"], u.labels.shape[0])
+    lam_c, lam_r = label_rules.bilateral(lam)
+    y_c = mixing.MixedLabels(u.labels, v.labels, lam_c).soft(ctx.num_classes)
+    y_r = mixing.MixedLabels(u.labels, v.labels, lam_r).soft(ctx.num_classes)
+    outputs, forward = forward(mixing.mix_inputs(u.x, v.x, lam_c),
+                               x_rebalance=mixing.mix_inputs(u.x, v.x, lam_r))
     loss = 0.5 * (self.scaled_loss(outputs["logits_c"], y_c, ctx.class_counts)
                   + self.scaled_loss(outputs["logits_r"], y_r, ctx.class_counts))
-    return loss, recipe.LossOutput(forward, method_state, {"lam_c": lam_c.mean()})
+    draws = {"indices_u": u.indices, "indices_v": v.indices, "lam": lam}
+    return loss, recipe.LossOutput(forward, method_state, {"lam_c": lam_c.mean()}, draws)
 
   def logits(self, outputs: recipe.Outputs) -> jax.Array:
     """Inference logits: (z_c + z_r) / 2, no temperature (DBN-Mix eq. 20)."""
@@ -128,10 +127,10 @@ class SBNMix(_Bilateral):
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
     keys = ctx.keys("pair", "lam")
-    x_u, y_u, x_v, y_v = uniform_reverse_pair(ctx, keys["pair"], self.gamma)
-    lam = self.lam(keys["lam"], y_u.shape[0])
-    soft = mixing.mix_labels(common.one_hot(y_u, ctx.num_classes),
-                             common.one_hot(y_v, ctx.num_classes), lam)
-    outputs, forward = forward(mixing.mix_inputs(x_u, x_v, lam))
+    u, v = uniform_reverse_pair(ctx, keys["pair"], self.gamma)
+    lam = self.lam(keys["lam"], u.labels.shape[0])
+    soft = mixing.MixedLabels(u.labels, v.labels, lam).soft(ctx.num_classes)
+    outputs, forward = forward(mixing.mix_inputs(u.x, v.x, lam))
     loss = self.scaled_loss(outputs["logits"], soft, ctx.class_counts)
-    return loss, recipe.LossOutput(forward, method_state, {"lam": lam.mean()})
+    draws = {"indices_u": u.indices, "indices_v": v.indices, "lam": lam}
+    return loss, recipe.LossOutput(forward, method_state, {"lam": lam.mean()}, draws)

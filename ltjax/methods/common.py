@@ -13,7 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ltjax import recipe
+from ltjax import mixing, recipe
 from ltjax.methods import criteria
 
 Outputs = recipe.Outputs
@@ -33,11 +33,11 @@ class SupervisedRecipe(recipe.Recipe):
       raise ValueError(f"criterion must be a Criterion, got {type(self.criterion).__name__}.")
     object.__setattr__(self, "head", self.criterion.required_head or self.head)
 
-  def supervised(self, forward: recipe.Forward, x: jax.Array, soft_labels: jax.Array,
+  def supervised(self, forward: recipe.Forward, x: jax.Array, labels: mixing.MixedLabels,
                  ctx: recipe.StepContext) -> tuple[jax.Array, Outputs, recipe.Forward]:
     """Runs the model (training mode) on `x` and applies the criterion to its logits."""
     outputs, forward = forward(x)
-    return self.criterion(outputs["logits"], soft_labels, ctx), outputs, forward
+    return self.criterion(outputs["logits"], labels, ctx), outputs, forward
 
 
 def inference_outputs(forward: recipe.Forward, x: jax.Array, **kwargs) -> Outputs:

@@ -8,16 +8,20 @@ predicted as p != t, accumulated from every training step's predictions on its c
 
 - L_BS: balanced softmax (logits + log n_k / N) on the clean batch, whose training-mode
   predictions feed C;
-- L_mix: in-batch mixup of the clean batch (random permutation), with the same mixing as the
-  CP batch (Appendix A: "the same mixup strategy for both"): lam ~ Beta(alpha), CP-Mix label
-  rule; `mix_label_rule="vanilla"` gives plain mixup labels;
-- L_CP (stage 2 only, epoch >= stage2_epoch; a `lax.cond`, so stage 1 runs no CP forward):
+- L_mix (stage 2 only by default): in-batch mixup of the clean batch (random permutation),
+  with the same mixing as the CP batch (Appendix A: "the same mixup strategy for both"):
+  lam ~ Beta(alpha), CP-Mix label rule; `mix_label_rule="vanilla"` gives plain mixup
+  labels. Stage 1 is ERM with balanced softmax plus the collection of confusion pairs
+  (Appendix B.3: "The only difference between our first stage and ERM training is that
+  CP-Mix should collect confusion-pairs"); `mix_from="start"` adds L_mix from epoch 0;
+- L_CP (stage 2 only, epoch >= stage2_epoch):
   B' true classes uniform over the K classes, a confused class for each from its row of C
   (`pairing.confusion_partners`; a row with no confusion yet draws uniformly from the other
   classes), one training image of each class uniformly (`samplers.draw_from_classes`),
   x = lam x_t + (1 - lam) x_m, lam_y = t lam + (1 - t) n_m / (n_t + n_m) (eq. 9).
 
-Every loss term runs its own forward pass (own batch statistics), as separate batches.
+Every loss term runs its own forward pass (own batch statistics), as separate batches; a
+term that is off is a `lax.cond` branch that runs no forward pass.
 
 Defaults (CIFAR-LT, Table 6): alpha = 1.5, t = 0.5, g_cp = g_mix = 2.5, stage 2 from epoch
 200 of 300 (the registry rescales to the run: 2/3 of the epochs), B' = B (not given in the
@@ -35,6 +39,7 @@ from ltjax import _checks, label_rules, losses, pairing, recipe, samplers
 from ltjax.methods import common, mixup
 
 MIX_LABEL_RULES = ("cpmix", "vanilla")
+MIX_FROM = ("stage2", "start")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +54,9 @@ class CPMix(recipe.Recipe):
     stage2_epoch: first epoch with the CP term (200 of 300, sec. B.3.1).
     cp_batch_size: B' (None: the training batch size).
     mix_label_rule: label rule of the in-batch mixup term, "cpmix" (Appendix A) or "vanilla".
+    mix_from: when the in-batch mixup term starts: "stage2" (default; Appendix B.3: "The
+      only difference between our first stage and ERM training is that CP-Mix should
+      collect confusion-pairs") or "start" (every epoch, ltjax 0.1's behaviour).
   """
   name: str = "cp_mix"
   alpha: float = 1.5
@@ -58,6 +66,7 @@ class CPMix(recipe.Recipe):
   stage2_epoch: int = 200
   cp_batch_size: int | None = None
   mix_label_rule: str = "cpmix"
+  mix_from: str = "stage2"
 
   def __post_init__(self):
     _checks.check_positive(self.alpha, "alpha")
@@ -69,6 +78,8 @@ class CPMix(recipe.Recipe):
                        f"{self.stage2_epoch}.")
     if self.cp_batch_size is not None and self.cp_batch_size < 1:
       raise ValueError(f"cp_batch_size must be >= 1, got {self.cp_batch_size}.")
+    if self.mix_from not in MIX_FROM:
+      raise ValueError(f"Unknown mix_from {self.mix_from!r}; valid: {', '.join(MIX_FROM)}.")
     if self.mix_label_rule not in MIX_LABEL_RULES:
       raise ValueError(f"Unknown mix_label_rule {self.mix_label_rule!r}; valid: "
                        f"{', '.join(MIX_LABEL_RULES)}.")
@@ -88,17 +99,32 @@ class CPMix(recipe.Recipe):
             samplers.draw_from_classes(key_im, index, confused))
 
   def cp_loss(self, forward: recipe.Forward, ctx: recipe.StepContext, confusion: jax.Array,
-              key: jax.Array) -> tuple[jax.Array, recipe.Forward]:
-    """L_CE on a CP batch drawn from the confusion counts."""
+              key: jax.Array) -> tuple[jax.Array, recipe.Forward, dict[str, jax.Array]]:
+    """L_CE on a CP batch drawn from the confusion counts, and the batch's draws."""
     keys = dict(zip(("pairs", "load_t", "load_m", "lam"), jax.random.split(key, 4)))
     num = self.cp_batch_size or ctx.batch_size
-    _, _, idx_t, idx_m = self.cp_pairs(keys["pairs"], confusion, ctx.data.index, num)
+    c_t, c_m, idx_t, idx_m = self.cp_pairs(keys["pairs"], confusion, ctx.data.index, num)
     x_t, y_t = ctx.load(keys["load_t"], idx_t)
     x_m, y_m = ctx.load(keys["load_m"], idx_m)
     mixed = mixup.mix_batch(keys["lam"], x_t, y_t, x_m, y_m, ctx.class_counts,
                             alpha=self.alpha, rule=label_rules.get_rule("cpmix", t=self.t))
     outputs, forward = forward(mixed.x)
-    return losses.soft_cross_entropy(outputs["logits"], mixed.soft_labels), forward
+    loss = losses.soft_cross_entropy(outputs["logits"], mixed.labels.soft(ctx.num_classes))
+    draws = {"cp_true": c_t, "cp_confused": c_m, "cp_indices_t": idx_t,
+             "cp_indices_m": idx_m, "cp_lam": mixed.lam}
+    return loss, forward, draws
+
+  def mix_loss(self, forward: recipe.Forward, ctx: recipe.StepContext, clean: recipe.Batch,
+               key: jax.Array) -> tuple[jax.Array, recipe.Forward, dict[str, jax.Array]]:
+    """L_CE of the in-batch mixup of the clean batch (random partners), and its draws."""
+    key_pair, key_lam = jax.random.split(key)
+    partner = pairing.random_pairs(key_pair, clean.labels.shape[0])
+    mixed = mixup.mix_batch(key_lam, clean.x, clean.labels, common.take(clean.x, partner),
+                            common.take(clean.labels, partner), ctx.class_counts,
+                            alpha=self.alpha, rule=self.mix_rule())
+    outputs, forward = forward(mixed.x)
+    loss = losses.soft_cross_entropy(outputs["logits"], mixed.labels.soft(ctx.num_classes))
+    return loss, forward, {"mix_partner": partner, "mix_lam": mixed.lam}
 
   def mix_rule(self) -> label_rules.Rule:
     """Label rule of the in-batch mixup term."""
@@ -108,37 +134,45 @@ class CPMix(recipe.Recipe):
 
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
-    keys = ctx.keys("clean", "pair", "lam", "cp")
-    x, labels = ctx.clean_batch(keys["clean"])
-    outputs, forward = forward(x)
+    keys = ctx.keys("clean", "mix", "cp")
+    clean = ctx.clean_batch(keys["clean"])
+    outputs, forward = forward(clean.x)
     loss_bs = losses.balanced_softmax_loss(
-        outputs["logits"], common.one_hot(labels, ctx.num_classes), ctx.class_counts)
+        outputs["logits"], common.one_hot(clean.labels, ctx.num_classes), ctx.class_counts)
     predictions = jnp.argmax(jax.lax.stop_gradient(outputs["logits"]), axis=-1)
-    confusion = pairing.confusion_matrix_update(method_state["confusion"], labels,
+    confusion = pairing.confusion_matrix_update(method_state["confusion"], clean.labels,
                                                 predictions)
-
-    partner = pairing.random_pairs(keys["pair"], labels.shape[0])
-    mixed = mixup.mix_batch(keys["lam"], x, labels, common.take(x, partner),
-                            common.take(labels, partner), ctx.class_counts,
-                            alpha=self.alpha, rule=self.mix_rule())
-    outputs_mix, forward = forward(mixed.x)
-    loss_mix = losses.soft_cross_entropy(outputs_mix["logits"], mixed.soft_labels)
-
-    def stage2(batch_stats):
-      loss_cp, fwd = self.cp_loss(forward._replace(batch_stats=batch_stats), ctx,
-                                  confusion, keys["cp"])
-      return loss_cp, fwd.batch_stats
-
-    def stage1(batch_stats):
-      return jnp.zeros((), jnp.float32), batch_stats
-
-    active = ctx.epoch >= self.stage2_epoch
-    loss_cp, batch_stats = jax.lax.cond(active, stage2, stage1, forward.batch_stats)
-    forward = forward._replace(batch_stats=batch_stats)
+    stage2 = ctx.epoch >= self.stage2_epoch
+    mix_term = lambda f: self.mix_loss(f, ctx, clean, keys["mix"])
+    loss_mix, forward, mix_draws = (mix_term(forward) if self.mix_from == "start"
+                                    else _gated(stage2, mix_term, forward))
+    loss_cp, forward, cp_draws = _gated(
+        stage2, lambda f: self.cp_loss(f, ctx, confusion, keys["cp"]), forward)
     loss = loss_bs + self.gamma_cp * loss_cp + self.gamma_mix * loss_mix
     metrics = {"loss_bs": loss_bs, "loss_mix": loss_mix, "loss_cp": loss_cp,
-               "cp_active": active.astype(jnp.float32)}
-    return loss, recipe.LossOutput(forward, {"confusion": confusion}, metrics)
+               "cp_active": stage2.astype(jnp.float32)}
+    draws = {"indices": clean.indices, **mix_draws, **cp_draws}
+    return loss, recipe.LossOutput(forward, {"confusion": confusion}, metrics, draws)
+
+
+def _gated(active: jax.Array, term, forward: recipe.Forward
+           ) -> tuple[jax.Array, recipe.Forward, dict[str, jax.Array]]:
+  """`term(forward) -> (loss, forward, draws)` where `active`, else zeros (no forward pass).
+
+  A `lax.cond` on the traced epoch: one compiled step serves both stages and the inactive
+  stage runs none of the term's model calls. Only the batch statistics cross the cond.
+  """
+  def on(batch_stats):
+    loss, fwd, draws = term(forward._replace(batch_stats=batch_stats))
+    return loss, fwd.batch_stats, draws
+
+  def off(batch_stats):
+    loss, _, draws = jax.eval_shape(on, batch_stats)
+    zeros = lambda s: jnp.zeros(s.shape, s.dtype)
+    return zeros(loss), batch_stats, jax.tree.map(zeros, draws)
+
+  loss, batch_stats, draws = jax.lax.cond(active, on, off, forward.batch_stats)
+  return loss, forward._replace(batch_stats=batch_stats), draws
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +193,8 @@ class CPMixFinetune(recipe.Recipe):
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
     keys = ctx.keys("draw")
-    x, labels = ctx.draw(keys["draw"], samplers.class_balanced_probs(ctx.class_counts))
-    outputs, _ = forward._replace(train=False)(x)
+    batch = ctx.draw(keys["draw"], samplers.class_balanced_probs(ctx.class_counts))
+    outputs, _ = forward._replace(train=False)(batch.x)
     loss = losses.soft_cross_entropy(outputs["logits"],
-                                     common.one_hot(labels, ctx.num_classes))
-    return loss, recipe.LossOutput(forward, method_state, {})
+                                     common.one_hot(batch.labels, ctx.num_classes))
+    return loss, recipe.LossOutput(forward, method_state, {}, {"indices": batch.indices})

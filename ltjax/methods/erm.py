@@ -16,7 +16,7 @@ import dataclasses
 
 import jax
 
-from ltjax import recipe
+from ltjax import mixing, recipe
 from ltjax.methods import common
 
 
@@ -31,7 +31,6 @@ class ERM(common.SupervisedRecipe):
 
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
-    x, labels = ctx.clean_batch(ctx.keys("clean")["clean"])
-    loss, _, forward = self.supervised(forward, x, common.one_hot(labels, ctx.num_classes),
-                                       ctx)
-    return loss, recipe.LossOutput(forward, method_state, {})
+    x, labels, indices = ctx.clean_batch(ctx.keys("clean")["clean"])
+    loss, _, forward = self.supervised(forward, x, mixing.MixedLabels.hard(labels), ctx)
+    return loss, recipe.LossOutput(forward, method_state, {}, {"indices": indices})

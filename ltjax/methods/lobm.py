@@ -23,22 +23,22 @@ import jax
 from ltjax import _checks, label_rules, pairing, recipe, samplers
 from ltjax.methods import common, mixup
 
-Pair = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+Pair = tuple[recipe.Batch, recipe.Batch]
 
 
 def balanced_pair(ctx: recipe.StepContext, key: jax.Array) -> Pair:
-  """Two independent class-balanced batches from the whole dataset: (x_a, y_a, x_b, y_b)."""
+  """Two independent class-balanced batches from the whole dataset."""
   key_a, key_b = jax.random.split(key)
   probs = samplers.class_balanced_probs(ctx.class_counts)
-  return ctx.draw(key_a, probs) + ctx.draw(key_b, probs)
+  return ctx.draw(key_a, probs), ctx.draw(key_b, probs)
 
 
 def in_batch_pair(ctx: recipe.StepContext, key: jax.Array) -> Pair:
   """The clean batch and a random permutation of it (plain mixup pairs)."""
   key_load, key_perm = jax.random.split(key)
-  x, labels = ctx.clean_batch(key_load)
-  partner = pairing.random_pairs(key_perm, labels.shape[0])
-  return x, labels, common.take(x, partner), common.take(labels, partner)
+  batch = ctx.clean_batch(key_load)
+  partner = pairing.random_pairs(key_perm, batch.labels.shape[0])
+  return batch, recipe.Batch(*(common.take(a, partner) for a in batch))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +75,10 @@ class LOBM(common.SupervisedRecipe):
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
     keys = ctx.keys("pair", "lam")
-    x_a, y_a, x_b, y_b = self.pair(ctx, keys["pair"])
-    mixed = mixup.mix_batch(keys["lam"], x_a, y_a, x_b, y_b, ctx.class_counts,
+    a, b = self.pair(ctx, keys["pair"])
+    mixed = mixup.mix_batch(keys["lam"], a.x, a.labels, b.x, b.labels, ctx.class_counts,
                             alpha=self.alpha, rule=label_rules.vanilla,
                             per_sample=self.per_sample_lambda)
-    loss, _, forward = self.supervised(forward, mixed.x, mixed.soft_labels, ctx)
-    return loss, recipe.LossOutput(forward, method_state, {"lam": mixed.lam.mean()})
+    loss, _, forward = self.supervised(forward, mixed.x, mixed.labels, ctx)
+    draws = {"indices_a": a.indices, "indices_b": b.indices, "lam": mixed.lam}
+    return loss, recipe.LossOutput(forward, method_state, {"lam": mixed.lam.mean()}, draws)

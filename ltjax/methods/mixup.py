@@ -40,11 +40,10 @@ LABEL_RULES = {"vanilla": (), "remix": ("kappa", "tau"), "mamix": ("omega",)}
 
 
 class MixedBatch(NamedTuple):
-  """A mixed batch: inputs, soft labels and the factors that made them."""
+  """A mixed batch: inputs, labels (the two sides and lam_y) and the input factor lam."""
   x: jax.Array
-  soft_labels: jax.Array
+  labels: mixing.MixedLabels
   lam: jax.Array
-  lam_y: jax.Array
 
 
 def mix_batch(key: jax.Array, x_a: jax.Array, labels_a: jax.Array, x_b: jax.Array,
@@ -62,14 +61,12 @@ def mix_batch(key: jax.Array, x_a: jax.Array, labels_a: jax.Array, x_b: jax.Arra
     per_sample: one lambda per sample instead of one per batch.
 
   Returns:
-    MixedBatch(x, soft_labels (B, K), lam (() or (B,)), lam_y (B,)).
+    MixedBatch(x, MixedLabels(labels_a, labels_b, lam_y (B,)), lam (() or (B,))).
   """
-  batch, num_classes = labels_a.shape[0], counts.shape[0]
-  lam = mixing.sample_lambda(key, alpha, (batch,) if per_sample else ())
+  lam = mixing.sample_lambda(key, alpha, (labels_a.shape[0],) if per_sample else ())
   lam_y = rule(lam, counts[labels_a], counts[labels_b])
-  soft = mixing.mix_labels(common.one_hot(labels_a, num_classes),
-                           common.one_hot(labels_b, num_classes), lam_y)
-  return MixedBatch(mixing.mix_inputs(x_a, x_b, lam), soft, lam, lam_y)
+  return MixedBatch(mixing.mix_inputs(x_a, x_b, lam),
+                    mixing.MixedLabels(labels_a, labels_b, lam_y), lam)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,10 +130,12 @@ class Mixup(common.SupervisedRecipe):
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
     keys = ctx.keys("clean", "pair", "lam")
-    x, labels = ctx.clean_batch(keys["clean"])
+    x, labels, indices = ctx.clean_batch(keys["clean"])
     partner = self.partners(keys["pair"], forward, x, labels)
     mixed = mix_batch(keys["lam"], x, labels, common.take(x, partner),
                       common.take(labels, partner), ctx.class_counts, alpha=self.alpha,
                       rule=self.rule(), per_sample=self.per_sample_lambda)
-    loss, _, forward = self.supervised(forward, mixed.x, mixed.soft_labels, ctx)
-    return loss, recipe.LossOutput(forward, method_state, {"lam": mixed.lam.mean()})
+    loss, _, forward = self.supervised(forward, mixed.x, mixed.labels, ctx)
+    draws = {"indices": indices, "partner": partner, "lam": mixed.lam,
+             "lam_y": mixed.labels.lam}
+    return loss, recipe.LossOutput(forward, method_state, {"lam": mixed.lam.mean()}, draws)

@@ -175,19 +175,23 @@ class OTmix(common.SupervisedRecipe):
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
     keys = ctx.keys("back", "fore", "pair", "lam", "box", "gate")
-    x_b, y_b = ctx.clean_batch(keys["back"])
-    x_f, y_f = ctx.draw(keys["fore"], samplers.inverse_power_probs(ctx.class_counts, self.r))
-    partner = self.partners(keys["pair"], forward, ctx, method_state, x_f, y_f, x_b, y_b)
-    y_bg = common.take(y_b, partner)
+    back = ctx.clean_batch(keys["back"])
+    fore = ctx.draw(keys["fore"], samplers.inverse_power_probs(ctx.class_counts, self.r))
+    partner = self.partners(keys["pair"], forward, ctx, method_state, fore.x, fore.labels,
+                            back.x, back.labels)
     lam = mixing.sample_lambda(keys["lam"], self.alpha,
-                               (y_b.shape[0],) if self.per_sample_box else ())
-    x_mix, lam_back = mixing.cutmix(keys["box"], common.take(x_b, partner), x_f, lam,
-                                    per_sample=self.per_sample_box)
-    soft_mix = mixing.mix_labels(common.one_hot(y_bg, ctx.num_classes),
-                                 common.one_hot(y_f, ctx.num_classes), lam_back)
+                               (back.labels.shape[0],) if self.per_sample_box else ())
+    box = mixing.cutmix_box(keys["box"], lam, *back.x.shape[1:3])
+    x_mix, lam_back = mixing.paste_box(common.take(back.x, partner), fore.x, box)
     mixed = self.mix_gate(keys["gate"], ctx)
-    x = jnp.where(mixed, x_mix, x_b)
-    soft = jnp.where(mixed, soft_mix, common.one_hot(y_b, ctx.num_classes))
-    loss, _, forward = self.supervised(forward, x, soft, ctx)
+    x = jnp.where(mixed, x_mix, back.x)
+    labels = mixing.MixedLabels(jnp.where(mixed, common.take(back.labels, partner),
+                                          back.labels),
+                                jnp.where(mixed, fore.labels, back.labels),
+                                jnp.where(mixed, lam_back, 1.0))
+    loss, _, forward = self.supervised(forward, x, labels, ctx)
+    draws = {"indices_back": back.indices, "indices_fore": fore.indices, "partner": partner,
+             "box": jnp.stack(box, axis=-1), "mixed": mixed}
     return loss, recipe.LossOutput(forward, method_state,
-                                   {"lam": lam_back.mean(), "mixed": mixed.astype(jnp.float32)})
+                                   {"lam": lam_back.mean(), "mixed": mixed.astype(jnp.float32)},
+                                   draws)

@@ -11,7 +11,10 @@ Every ltjax model ends in one of these heads on its pooled features `z` (B, D):
 Initialisation: the linear heads use He-normal (fan-in, untruncated normal, std
 sqrt(2 / D)) weights and zero bias, like `init.kaiming_normal_` in the LDAM-DRW ResNet-32
 code that the CIFAR long-tail papers reuse. The normalised head draws W uniformly in
-[-1, 1) like LDAM's `NormedLinear` (its scale is irrelevant after normalisation).
+[-1, 1) and rescales every class column to unit norm, like LDAM's `NormedLinear`
+(`uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)`): the forward pass does not depend on the
+column norms, but the gradient w.r.t. a column scales with 1 / its norm, so the norm at
+initialisation sets the head's effective learning rate.
 """
 
 from __future__ import annotations
@@ -37,10 +40,14 @@ def l2_normalize(x: jax.Array, axis: int, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(norm, eps)
 
 
-def _symmetric_uniform(key: jax.Array, shape: tuple[int, ...],
-                       dtype: jnp.dtype = jnp.float32) -> jax.Array:
-  """U[-1, 1) draws (LDAM NormedLinear initialisation)."""
-  return jax.random.uniform(key, shape, dtype, minval=-1.0, maxval=1.0)
+def unit_column_uniform(key: jax.Array, shape: tuple[int, ...],
+                        dtype: jnp.dtype = jnp.float32) -> jax.Array:
+  """U[-1, 1) draws with every column (last axis index) rescaled to unit L2 norm.
+
+  LDAM's `NormedLinear` initialisation (Cao et al. 2019).
+  """
+  w = jax.random.uniform(key, shape, dtype, minval=-1.0, maxval=1.0)
+  return l2_normalize(w, axis=0)
 
 
 class LinearHead(nn.Module):
@@ -72,7 +79,7 @@ class NormalizedLinear(nn.Module):
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", _symmetric_uniform, (z.shape[-1], self.num_classes))
+    kernel = self.param("kernel", unit_column_uniform, (z.shape[-1], self.num_classes))
     return l2_normalize(z, axis=-1) @ l2_normalize(kernel, axis=0)
 
 

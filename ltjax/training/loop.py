@@ -127,6 +127,46 @@ class TrainEpoch:
     return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
 
 
+def make_train_step(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
+                    tx: optax.GradientTransformation, *, batch_size: int, num_epochs: int,
+                    augment_fn: AugmentFn | None, normalize_fn: NormalizeFn, seed: int,
+                    mesh: Mesh | None = None, train_batch_stats: bool = True
+                    ) -> Callable[..., tuple[TrainState, Metrics, Metrics]]:
+  """One training step, `step(state, data, epoch, indices) -> (state, metrics, draws)`.
+
+  The step's key is `fold_in(run_keys(seed).step, state.step)`; it builds a `StepContext`
+  with the clean-batch `indices`, differentiates `recipe.loss` w.r.t. the params, applies
+  the optimiser and threads the BatchNorm statistics and the method state. `draws` are the
+  recipe's random outcomes (`LossOutput.draws`), so that a step can be replayed outside
+  ltjax; the epoch loop drops them. Not jitted: `make_train_epoch` compiles it.
+
+  Args: as `make_train_epoch` (without `epoch_offset` and `loop`).
+  """
+  keys = run_keys(seed)
+
+  def train_step(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array,
+                 indices: jax.Array) -> tuple[TrainState, Metrics, Metrics]:
+    ctx = recipe_lib.StepContext(
+        key=jax.random.fold_in(keys.step, state.step), step=state.step, epoch=epoch,
+        num_epochs=num_epochs, batch_size=batch_size, clean_indices=indices, data=data,
+        load=make_load(data, augment_fn, normalize_fn, mesh))
+
+    def loss_fn(params: Any) -> tuple[jax.Array, recipe_lib.LossOutput]:
+      forward = recipe_lib.Forward(apply_fn, params, state.batch_stats)
+      return recipe.loss(forward, ctx, state.method_state)
+
+    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates),
+        batch_stats=out.forward.batch_stats if train_batch_stats else state.batch_stats,
+        opt_state=opt_state, method_state=out.method_state)
+    metrics = {**out.metrics, "loss": loss, "lr": optim.current_lr(opt_state)}
+    return new_state, metrics, dict(out.draws)
+
+  return train_step
+
+
 def make_train_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
                      tx: optax.GradientTransformation, data: recipe_lib.DeviceDataset, *,
                      batch_size: int, num_epochs: int, augment_fn: AugmentFn | None,
@@ -163,26 +203,15 @@ def make_train_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
     raise ValueError(f"batch_size must be in [1, {data.num_samples}], got {batch_size}.")
   loop = resolve_loop(loop)
   keys = run_keys(seed)
+  step_with_draws = make_train_step(
+      recipe, apply_fn, tx, batch_size=batch_size, num_epochs=num_epochs,
+      augment_fn=augment_fn, normalize_fn=normalize_fn, seed=seed, mesh=mesh,
+      train_batch_stats=train_batch_stats)
 
   def train_step(data: recipe_lib.DeviceDataset, epoch: jax.Array,
                  state: TrainState, indices: jax.Array) -> tuple[TrainState, Metrics]:
-    ctx = recipe_lib.StepContext(
-        key=jax.random.fold_in(keys.step, state.step), step=state.step, epoch=epoch,
-        num_epochs=num_epochs, batch_size=batch_size, clean_indices=indices, data=data,
-        load=make_load(data, augment_fn, normalize_fn, mesh))
-
-    def loss_fn(params: Any) -> tuple[jax.Array, recipe_lib.LossOutput]:
-      forward = recipe_lib.Forward(apply_fn, params, state.batch_stats)
-      return recipe.loss(forward, ctx, state.method_state)
-
-    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
-        batch_stats=out.forward.batch_stats if train_batch_stats else state.batch_stats,
-        opt_state=opt_state, method_state=out.method_state)
-    metrics = {**out.metrics, "loss": loss, "lr": optim.current_lr(opt_state)}
-    return new_state, metrics
+    state, metrics, _ = step_with_draws(state, data, epoch, indices)
+    return state, metrics
 
   def begin_epoch(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array
                   ) -> tuple[TrainState, jax.Array]:

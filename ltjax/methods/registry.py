@@ -28,12 +28,16 @@ from ltjax.methods import bilateral, common, cp_mix, criteria, erm, lobm, mixup,
 _Spec = tuple[type, Callable[[int], dict[str, Any]]]
 
 
-def _criterion(kind: str = "ce", drw: tuple[int, int] | None = None
-               ) -> Callable[[int], criteria.Criterion]:
-  """A criterion factory; `drw=(at, of)` starts DRW at epoch `at` of an `of`-epoch run."""
+def _criterion(kind: str = "ce", drw: tuple[int, int] | None = None,
+               reduction: str = "normalized") -> Callable[[int], criteria.Criterion]:
+  """A criterion factory; `drw=(at, of)` starts DRW at epoch `at` of an `of`-epoch run.
+
+  `reduction` is the reference's reduction of the DRW-weighted loss: "normalized"
+  (PyTorch's weighted mean; LDAM-DRW, OTmix code) or "mean" (imbalanced-DL).
+  """
   def make(num_epochs: int) -> criteria.Criterion:
     drw_epoch = None if drw is None else common.scaled_epoch(num_epochs, *drw)
-    return criteria.Criterion(kind, drw_epoch=drw_epoch)
+    return criteria.Criterion(kind, drw_epoch=drw_epoch, reduction=reduction)
   return make
 
 
@@ -52,6 +56,7 @@ def _spec(cls: type, criterion=None, **fixed: Any) -> _Spec:
 
 _DRW_200 = (160, 200)
 _DRW_240 = (160, 240)
+_IMBALANCED_DL_DRW = _criterion(drw=_DRW_200, reduction="mean")
 
 _REGISTRY: dict[str, _Spec] = {
     "erm": _spec(erm.ERM, _criterion()),
@@ -60,13 +65,15 @@ _REGISTRY: dict[str, _Spec] = {
     "balanced_softmax": _spec(erm.ERM, _criterion("balanced_softmax")),
     "cmo": _spec(otmix.OTmix, _criterion(), ot=False),
     "mixup": _spec(mixup.Mixup, _criterion()),
-    "mixup_drw": _spec(mixup.Mixup, _criterion(drw=_DRW_200)),
+    "mixup_drw": _spec(mixup.Mixup, _IMBALANCED_DL_DRW),
     "remix": _spec(mixup.Mixup, _criterion(), label_rule="remix"),
-    "remix_drw": _spec(mixup.Mixup, _criterion(drw=_DRW_200), label_rule="remix"),
+    "remix_drw": _spec(mixup.Mixup, _IMBALANCED_DL_DRW, label_rule="remix"),
     "mamix": _spec(mixup.Mixup, _criterion(), label_rule="mamix"),
-    "mamix_drw": _spec(mixup.Mixup, _criterion(drw=_DRW_200), label_rule="mamix"),
+    "mamix_drw": _spec(mixup.Mixup, _IMBALANCED_DL_DRW, label_rule="mamix"),
     "smote_mix": _spec(mixup.Mixup, _criterion(), pairing="smote"),
+    "smote_mix_drw": _spec(mixup.Mixup, _IMBALANCED_DL_DRW, pairing="smote"),
     "neighbor_mix": _spec(mixup.Mixup, _criterion(), pairing="neighbor"),
+    "neighbor_mix_drw": _spec(mixup.Mixup, _IMBALANCED_DL_DRW, pairing="neighbor"),
     "lobm": _spec(lobm.LOBM, _criterion()),
     "lobm_star": _spec(lobm.LOBM, _criterion(),
                        defer_epoch=lambda n: common.scaled_epoch(n, 160, 200)),

@@ -536,7 +536,7 @@ def test_cmo_pairs_at_random_and_labels_follow_box():
 # ----------------------------------------------------------------------------- registry
 
 def test_registry_names_and_epoch_defaults():
-  assert len(methods.METHODS) == 22
+  assert len(methods.METHODS) == 24
   for name in methods.METHODS:
     r = methods.get_recipe(name, num_epochs=200)
     assert r.name == name
@@ -548,6 +548,14 @@ def test_registry_names_and_epoch_defaults():
   assert methods.get_recipe("lobm_star", num_epochs=200).defer_epoch == 160
   assert methods.get_recipe("ldam_drw", num_epochs=10).head == "normalized"
   assert methods.get_recipe("dbn_mix", num_epochs=10).branches == 2
+  # Each DRW method reduces its weighted loss as its reference code does (SPEC section 5).
+  reductions = {name: methods.get_recipe(name, num_epochs=200).criterion.reduction
+                for name in ("drw", "ldam_drw", "mixup_drw", "remix_drw", "mamix_drw",
+                             "smote_mix_drw", "neighbor_mix_drw", "otmix_drw", "otmix_ldam")}
+  assert reductions == {"drw": "normalized", "ldam_drw": "normalized", "mixup_drw": "mean",
+                        "remix_drw": "mean", "mamix_drw": "mean", "smote_mix_drw": "mean",
+                        "neighbor_mix_drw": "mean", "otmix_drw": "normalized",
+                        "otmix_ldam": "normalized"}
   r = methods.get_recipe("mixup_drw", num_epochs=200, drw_epoch=100, alpha=0.5)
   assert (r.criterion.drw_epoch, r.alpha) == (100, 0.5)
 

@@ -168,3 +168,22 @@ def test_errors():
     samplers.epoch_permutation(jax.random.key(0), 10, 11)
   with pytest.raises(ValueError, match="num_samples"):
     samplers.draw_instances(jax.random.key(0), 0, 10)
+
+
+
+def test_two_stage_draw_uses_independent_keys():
+  """The documented two stages from split keys: classes ~ categorical(k1, log p), then
+  item = floor(u * n_class) with u ~ U[0, 1) from k2, (k1, k2) = split(key). Sharing one key
+  between the stages keeps both marginals right but couples the draws of a batch."""
+  counts = np.array([40, 25, 10, 5])
+  labels = np.repeat(np.arange(4), counts)
+  index = samplers.build_class_index(labels, 4)
+  probs = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+  key = jax.random.key(11)
+  got = np.asarray(samplers.draw_indices(key, index, probs, 500))
+  k1, k2 = jax.random.split(key)
+  classes = np.asarray(jax.random.categorical(k1, jnp.log(probs), shape=(500,)))
+  u = np.asarray(jax.random.uniform(k2, (500,)))
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  want = starts[classes] + np.floor(u * counts[classes]).astype(int)
+  np.testing.assert_array_equal(got, want)

@@ -5,6 +5,14 @@ zero-pad `pad` pixels on each side, take a random HxW crop, flip horizontally wi
 probability 1/2, each sample independently; then normalise with
 (x / 255 - mean) / std. Works for any HxW and channel count (e.g. 8x8 digits with pad 1,
 28x28x1 Fashion-MNIST). Evaluation uses the "center" mode: normalisation only.
+
+Padding modes (`pad_mode`) are torchvision's `RandomCrop(padding_mode=...)`: "constant"
+(zeros; LDAM-DRW, imbalanced-DL, CMO and OTmix code), "reflect" (mirror without repeating
+the edge pixel; DBN-Mix code, soony1213/DBN-Mix data/dataloader.py
+`RandomCrop(32, padding=4, padding_mode='reflect')`), "edge" and "symmetric"; they equal
+numpy's `np.pad` modes of the same names. The DBN-Mix code flips before it crops; for
+these symmetric paddings a flip of the crop at column offset dx is the crop of the flipped
+image at offset 2 * pad - dx, so crop-then-flip here gives the same distribution.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from jax.typing import ArrayLike
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 MODES = ("random", "center")
+PAD_MODES = ("constant", "reflect", "edge", "symmetric")
 
 
 def _check_images(images: ArrayLike) -> None:
@@ -24,18 +33,20 @@ def _check_images(images: ArrayLike) -> None:
 
 
 def random_crop_flip(key: jax.Array, images: ArrayLike, pad: int = 4,
-                     flip: bool = True) -> jax.Array:
-  """Random shifted crop of the zero-padded image and random horizontal flip, per sample.
+                     flip: bool = True, pad_mode: str = "constant") -> jax.Array:
+  """Random shifted crop of the padded image and random horizontal flip, per sample.
 
-  out_b = window of size (H, W) at offset (dy_b, dx_b) of zero_pad(x_b, pad),
+  out_b = window of size (H, W) at offset (dy_b, dx_b) of pad(x_b, pad, pad_mode),
   dy_b, dx_b ~ U{0, ..., 2 * pad}, then mirrored left-right with probability 1/2 (if `flip`).
   pad = 0 and flip = False is the identity.
 
   Args:
     key: PRNG key.
     images: (B, H, W, C) images (uint8 in practice; any dtype is kept).
-    pad: zero padding on each side, >= 0 (static).
+    pad: padding on each side, >= 0 (static).
     flip: whether to apply random horizontal flips (static).
+    pad_mode: one of PAD_MODES (static): "constant" (zeros, default) or "reflect" (the
+      DBN-Mix code), see the module docstring.
 
   Returns:
     (B, H, W, C) augmented images, same dtype as `images`.
@@ -43,11 +54,13 @@ def random_crop_flip(key: jax.Array, images: ArrayLike, pad: int = 4,
   _check_images(images)
   if int(pad) != pad or pad < 0:
     raise ValueError(f"pad must be a non-negative integer, got {pad}.")
+  if pad_mode not in PAD_MODES:
+    raise ValueError(f"Unknown pad_mode {pad_mode!r}; valid: {', '.join(PAD_MODES)}.")
   images = jnp.asarray(images)
   batch, height, width, channels = images.shape
   key_crop, key_flip = jax.random.split(key)
   if pad:
-    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=pad_mode)
     offsets = jax.random.randint(key_crop, (batch, 2), 0, 2 * pad + 1)
     images = jax.vmap(lambda image, off: jax.lax.dynamic_slice(
         image, (off[0], off[1], 0), (height, width, channels)))(padded, offsets)
@@ -67,7 +80,7 @@ def normalize(images: ArrayLike, mean: ArrayLike = CIFAR_MEAN,
 
 def preprocess(key: jax.Array | None, images: ArrayLike, mean: ArrayLike = CIFAR_MEAN,
                std: ArrayLike = CIFAR_STD, *, mode: str = "random", pad: int = 4,
-               flip: bool = True) -> jax.Array:
+               flip: bool = True, pad_mode: str = "constant") -> jax.Array:
   """Training ("random": crop + flip + normalise) or evaluation ("center": normalise only).
 
   Args:
@@ -75,7 +88,7 @@ def preprocess(key: jax.Array | None, images: ArrayLike, mean: ArrayLike = CIFAR
     images: (B, H, W, C) uint8 images.
     mean, std: per-channel normalisation constants.
     mode: "random" or "center" (static).
-    pad, flip: augmentation settings of the "random" mode.
+    pad, flip, pad_mode: augmentation settings of the "random" mode.
 
   Returns:
     (B, H, W, C) float32 network inputs.
@@ -83,7 +96,7 @@ def preprocess(key: jax.Array | None, images: ArrayLike, mean: ArrayLike = CIFAR
   if mode == "random":
     if key is None:
       raise ValueError("mode='random' needs a PRNG key.")
-    images = random_crop_flip(key, images, pad, flip)
+    images = random_crop_flip(key, images, pad, flip, pad_mode)
   elif mode != "center":
     raise ValueError(f"Unknown augmentation mode {mode!r}; valid: {', '.join(MODES)}.")
   return normalize(images, mean, std)

@@ -93,7 +93,8 @@ class StepContext:
     step: global step (int32 scalar, traced).
     epoch: current epoch, 0-based (int32 scalar, traced).
     num_epochs: total epochs of the run (static).
-    batch_size: B (static).
+    batch_size: the size of this step's clean batch (static): B, or N mod B on an epoch's
+      last step with `drop_last=False`; a recipe's other batches take this size.
     clean_indices: (B,) instance-balanced indices of this step (epoch permutation).
     data: the on-device training set.
     load: `load(key, indices) -> (x, labels)` gathers, augments and normalises images.

@@ -22,6 +22,18 @@ Inference: the mean of the two branches' logits, without temperature (eq. 20).
 Defaults (CIFAR-10-LT, sec. 4.2): alpha = 1, gamma = inf, eta = 3, eps = 0.6 (CIFAR-100:
 eta = 7; ImageNet-LT: eta = 9, eps = 0.2, alpha = 0.2; iNat: eta = 10, eps = 0.02). SBN-Mix
 uses the same temperature by default (Table 4: bilateral mixup + temperature = 45.07 %).
+
+Model passes (authors' code, soony1213/DBN-Mix main.py `train`):
+- DBN-Mix `trunk="joint"` (default): one model call, the trunk on both mixed batches at
+  once (`DualBranchNet`). `trunk="separate"` (code): `model(input, classifier_cb=True)`
+  then `model(input_b, classifier_rb=True)`, i.e. trunk + branch c on x_c, then trunk +
+  branch r on x_r, each batch normalised on its own and the trunk's running statistics
+  updated twice in that order.
+- SBN-Mix `clean_pass=False` (default): one call on the mixed batch. `clean_pass=True`
+  (code): after the mixed pass the code computes its training accuracy with
+  `model(input_ori)`, a train-mode pass of the clean uniform batch whose output is not in
+  the loss, so the running statistics see the mixed batch, then the clean one. (DBN-Mix
+  takes its accuracy from the two branches' outputs and has no such pass.)
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import _checks, label_rules, losses, mixing, recipe, samplers
+from ltjax.models import dual_branch
 
 TEMPERATURES = ("paper", "code", "none")
 LOSS_FORMS = losses.TEMPERATURE_LOSS_FORMS
@@ -91,10 +104,18 @@ class DBNMix(_Bilateral):
   """DBN-Mix: bilateral mixup into a dual-branch model with class temperatures.
 
   Attributes: see the module docstring (alpha=1, gamma=inf, eta=3, eps=0.6,
-  temperature="paper", loss_form="ce"). Needs a dual-branch model (`branches=2`).
+  temperature="paper", loss_form="ce"), and
+    trunk: "joint" (one trunk pass on both batches, default) or "separate" (authors' code:
+      one trunk pass per batch, conventional first); passed to the model as `trunk=`.
+  Needs a dual-branch model (`branches=2`).
   """
   name: str = "dbn_mix"
   branches: int = 2
+  trunk: str = "joint"
+
+  def __post_init__(self):
+    super().__post_init__()
+    dual_branch.check_trunk(self.trunk)
 
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
@@ -104,8 +125,9 @@ class DBNMix(_Bilateral):
     lam_c, lam_r = label_rules.bilateral(lam)
     y_c = mixing.MixedLabels(u.labels, v.labels, lam_c).soft(ctx.num_classes)
     y_r = mixing.MixedLabels(u.labels, v.labels, lam_r).soft(ctx.num_classes)
+    trunk = {} if self.trunk == "joint" else {"trunk": self.trunk}  # default call unchanged
     outputs, forward = forward(mixing.mix_inputs(u.x, v.x, lam_c),
-                               x_rebalance=mixing.mix_inputs(u.x, v.x, lam_r))
+                               x_rebalance=mixing.mix_inputs(u.x, v.x, lam_r), **trunk)
     loss = 0.5 * (self.scaled_loss(outputs["logits_c"], y_c, ctx.class_counts)
                   + self.scaled_loss(outputs["logits_r"], y_r, ctx.class_counts))
     draws = {"indices_u": u.indices, "indices_v": v.indices, "lam": lam}
@@ -120,9 +142,12 @@ class DBNMix(_Bilateral):
 class SBNMix(_Bilateral):
   """SBN-Mix: one lambda, x = lam x_u + (1 - lam) x_v, vanilla label, L(z / T, y).
 
-  Attributes: as DBN-Mix (temperature="paper" by default; "none" for plain CE).
+  Attributes: as DBN-Mix (temperature="paper" by default; "none" for plain CE), and
+    clean_pass: after the mixed pass, also run the clean uniform batch through the model
+      in training mode, output unused (authors' code; see the module docstring).
   """
   name: str = "sbn_mix"
+  clean_pass: bool = False
 
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
@@ -131,6 +156,8 @@ class SBNMix(_Bilateral):
     lam = self.lam(keys["lam"], u.labels.shape[0])
     soft = mixing.MixedLabels(u.labels, v.labels, lam).soft(ctx.num_classes)
     outputs, forward = forward(mixing.mix_inputs(u.x, v.x, lam))
+    if self.clean_pass:
+      _, forward = forward(u.x)
     loss = self.scaled_loss(outputs["logits"], soft, ctx.class_counts)
     draws = {"indices_u": u.indices, "indices_v": v.indices, "lam": lam}
     return loss, recipe.LossOutput(forward, method_state, {"lam": lam.mean()}, draws)

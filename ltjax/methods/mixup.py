@@ -22,6 +22,13 @@ is the hard label whatever the rule.
 MAMix uses the paper convention (x = lam x_a + (1 - lam) x_b, `label_rules.mamix`); the
 reference package's convention (`label_rules.mamix_reference`) gives the same distribution
 of (input, label) pairs, so it is not a separate recipe option.
+
+`clean_pass=True` follows the imbalanced-DL trainers (ntucllab/imbalanced-DL,
+imbalanceddl/strategy/_mixup_drw.py, _remix_drw.py, _mamix_drw.py `train_one_epoch`):
+`output_prec, _ = self.model(_input)` runs the clean batch through the model in training
+mode *before* the mixed pass; its output only feeds the logged training accuracy, the loss
+is on the mixed output. The pass updates the BatchNorm running statistics (clean, then
+mixed batch), not the gradient. Default False (one pass, as in the papers).
 """
 
 from __future__ import annotations
@@ -81,6 +88,8 @@ class Mixup(common.SupervisedRecipe):
     pairing: "random" | "smote" (same-class nearest neighbour) | "neighbor" (any class).
     pairing_space: "features" (model features, inference mode, stop-gradient) | "pixels".
     per_sample_lambda: one lambda per sample (default: one per batch, reference code).
+    clean_pass: also run the clean batch through the model in training mode before the
+      mixed pass, output unused (imbalanced-DL code; see the module docstring).
     criterion: supervised loss (default cross-entropy; "_drw" names add DRW).
   """
   name: str = "mixup"
@@ -92,6 +101,7 @@ class Mixup(common.SupervisedRecipe):
   pairing: str = "random"
   pairing_space: str = "features"
   per_sample_lambda: bool = False
+  clean_pass: bool = False
 
   def __post_init__(self):
     super().__post_init__()
@@ -135,6 +145,8 @@ class Mixup(common.SupervisedRecipe):
     mixed = mix_batch(keys["lam"], x, labels, common.take(x, partner),
                       common.take(labels, partner), ctx.class_counts, alpha=self.alpha,
                       rule=self.rule(), per_sample=self.per_sample_lambda)
+    if self.clean_pass:
+      _, forward = forward(x)
     loss, _, forward = self.supervised(forward, mixed.x, mixed.labels, ctx)
     draws = {"indices": indices, "partner": partner, "lam": mixed.lam,
              "lam_y": mixed.labels.lam}

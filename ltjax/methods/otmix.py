@@ -6,7 +6,8 @@ foreground batch (x_f, y_f) is drawn from the whole training set with the invers
 law q_k ~ n_k^-r (eq. 3, r = 1). Each foreground image i takes a background j(i):
 
 - OT pairing (eq. 4-8): C_ij = w (1 - cos(z_i, z_j)) + (1 - w)(1 - F_hat[y_i, y_j]) with
-  z the backbone features (model in inference mode, stop-gradient) and F_hat the
+  z the backbone features (by default of the model in inference mode, stop-gradient; see
+  `ot_features` below for the code's training-mode passes) and F_hat the
   row-normalised, zero-diagonal confusion matrix; entropic OT with uniform marginals
   (ott-jax log-domain Sinkhorn, eps = 0.01); j(i) = argmax_j T_ij (repeats allowed).
 - random pairing (CMO): a random permutation of the background batch.
@@ -23,9 +24,31 @@ authors' CIFAR code used), and a uniform number u is drawn from the epoch key; t
 uses OT pairing iff u < ((e + 1) / T)^mu (y_random ~ Bernoulli(t/T)^mu, sec. 3.3, with
 t = e + 1 for the 0-based epoch e), random pairing otherwise.
 
-Reference-code options (off by default): `mix_prob` < 1 mixes a batch only with that
-probability (reference: 0.5) and `mix_window=(3, 3)` mixes only for 3 < e < T - 3; an
-unmixed batch trains on the clean batch with hard labels.
+Reference-code options (off by default; JintongGao/Enhancing-Minority-Classes-by-Mixing
+final_otmix/cifar_train.py and imagenet_train.py, naver-ai/cmo cifar_train.py):
+
+- `mix_prob` < 1 mixes a batch only with that probability (reference: 0.5) and
+  `mix_window=(3, 3)` mixes only for 3 < e < T - 3, with e the 0-based epoch: the code's
+  `args.start_data_aug < epoch < (args.epochs - args.end_data_aug)` runs over
+  `for epoch in range(args.start_epoch, args.epochs)`, 0-based too, so (3, 3) means the
+  same epochs (e = 4, ..., T - 4). An unmixed batch trains on the clean batch with hard
+  labels.
+- `ot_gate="code"`: epoch e uses OT pairing with probability (e / T)^mu, the code's
+  `np.random.binomial(n=1, p=(epoch / args.epochs) ** args.u)` on its 0-based epoch
+  (epoch 0 never pairs by OT); default "paper": ((e + 1) / T)^mu, t = e + 1.
+- `ot_features`: the features of the OT cost. "inference" (default): pooled backbone
+  features of one inference-mode pass over both batches (stop-gradient; the batch
+  statistics are untouched). The code instead runs the model in training mode, first on
+  the background (clean) batch, then on the foreground batch, each normalised with its own
+  batch statistics, and these passes update the running statistics before the mixed
+  batch's training pass: "train_unpooled" is the CIFAR code, `model_f =
+  nn.Sequential(*list(model.children())[:-1])`, i.e. the flattened last-stage map before
+  pooling, without the ReLU after the stem's batch norm (the model is called with
+  `stem_relu=False`, see `ResNetCifar`); "train" is the ImageNet / iNat code,
+  `f, _ = model(input)`, the pooled features. The feature passes run only when the batch
+  is mixed in an OT epoch (the code computes them inside its mixing branch). Apart from
+  these, the code passes each batch through the model once (CMO: always), which the
+  recipe does as well.
 
 Defaults (sec. 4, CIFAR): w = 0.05, eps = 0.01, r = 1, alpha = 4, mu = 1; m = 20 images per
 class for F_hat (the paper's "small balanced subset" has no stated size). DRW variants start
@@ -43,11 +66,19 @@ from ltjax import _checks, metrics, mixing, pairing, recipe, samplers
 from ltjax.methods import common
 
 _EVAL_CHUNK = 256
+OT_FEATURES = ("inference", "train", "train_unpooled")
+OT_GATES = ("paper", "code")
 
 
-def ot_probability(epoch: jax.Array, num_epochs: int, mu: float) -> jax.Array:
-  """Probability ((e + 1) / T)^mu that epoch e (0-based) of T uses OT pairing."""
-  return (jnp.asarray(epoch + 1, jnp.float32) / num_epochs) ** mu
+def ot_probability(epoch: jax.Array, num_epochs: int, mu: float, gate: str = "paper"
+                   ) -> jax.Array:
+  """Probability that epoch e (0-based) of T uses OT pairing.
+
+  "paper": ((e + 1) / T)^mu (sec. 3.3 with t = e + 1); "code": (e / T)^mu (the OTmix code's
+  0-based epoch).
+  """
+  t = epoch + 1 if gate == "paper" else epoch
+  return (jnp.asarray(t, jnp.float32) / num_epochs) ** mu
 
 
 def confusion_subset(index: samplers.ClassIndex, per_class: int, seed: int) -> jax.Array:
@@ -83,7 +114,11 @@ class OTmix(common.SupervisedRecipe):
     subset_seed: seed of that subset (0).
     per_sample_box: one CutMix box per sample instead of one per batch.
     mix_prob: probability that a batch is mixed (1.0; reference code 0.5).
-    mix_window: None, or (start, end) to mix only for start < e < T - end (reference (3, 3)).
+    mix_window: None, or (start, end) to mix only for start < e < T - end with the 0-based
+      epoch e (reference (3, 3), same numbering).
+    ot_features: "inference" (default), "train" or "train_unpooled" (reference code,
+      training-mode feature passes; see the module docstring).
+    ot_gate: "paper" ((e + 1) / T)^mu (default) or "code" (e / T)^mu.
     criterion: supervised loss (CE; registry variants DRW / balanced softmax / LDAM-DRW).
   """
   name: str = "otmix"
@@ -98,6 +133,8 @@ class OTmix(common.SupervisedRecipe):
   per_sample_box: bool = False
   mix_prob: float = 1.0
   mix_window: tuple[int, int] | None = None
+  ot_features: str = "inference"
+  ot_gate: str = "paper"
 
   def __post_init__(self):
     super().__post_init__()
@@ -113,6 +150,11 @@ class OTmix(common.SupervisedRecipe):
                                         or min(self.mix_window) < 0):
       raise ValueError(f"mix_window must be None or (start, end) with non-negative "
                        f"epochs, got {self.mix_window}.")
+    if self.ot_features not in OT_FEATURES:
+      raise ValueError(f"Unknown ot_features {self.ot_features!r}; valid: "
+                       f"{', '.join(OT_FEATURES)}.")
+    if self.ot_gate not in OT_GATES:
+      raise ValueError(f"Unknown ot_gate {self.ot_gate!r}; valid: {', '.join(OT_GATES)}.")
 
   @property
   def needs_features(self) -> bool:
@@ -143,26 +185,58 @@ class OTmix(common.SupervisedRecipe):
     """Whether this epoch pairs by OT (bool scalar; always False for CMO)."""
     if not self.ot:
       return jnp.zeros((), bool)
-    return method_state["draw"] < ot_probability(epoch, num_epochs, self.mu)
+    return method_state["draw"] < ot_probability(epoch, num_epochs, self.mu, self.ot_gate)
+
+  def train_features(self, forward: recipe.Forward, x: jax.Array
+                     ) -> tuple[jax.Array, recipe.Forward]:
+    """OT features of one batch from a training-mode pass (stop-gradient) and the Forward
+    with the statistics that pass updated ("train": pooled; "train_unpooled": last-stage
+    map, stem ReLU dropped)."""
+    if self.ot_features == "train":
+      outputs, forward = forward(x)
+      return jax.lax.stop_gradient(outputs["features"]), forward
+    outputs, forward = forward(x, stem_relu=False)
+    if "feature_map" not in outputs:
+      raise ValueError("ot_features='train_unpooled' needs a model that returns "
+                       f"'feature_map' (ResNet-32, SmallCNN, ImageNet ResNets); got "
+                       f"{sorted(outputs)}.")
+    return jax.lax.stop_gradient(outputs["feature_map"]), forward
+
+  def ot_step(self, forward: recipe.Forward, method_state, x_f, y_f, x_b, y_b
+              ) -> tuple[jax.Array, recipe.Forward]:
+    """Row argmax of the OT plan (background index of each foreground image) and the
+    Forward after the feature passes (unchanged with ot_features="inference")."""
+    if self.ot_features == "inference":
+      features = common.inference_outputs(forward, jnp.concatenate([x_f, x_b]))["features"]
+      z_f, z_b = features[:x_f.shape[0]], features[x_f.shape[0]:]
+    else:  # the code's order: background, then foreground
+      z_b, forward = self.train_features(forward, x_b)
+      z_f, forward = self.train_features(forward, x_f)
+    cost = pairing.ot_cost(z_f, z_b, y_f, y_b, method_state["confusion"], self.w)
+    return pairing.ot_pairs(cost, self.epsilon), forward
 
   def ot_partners(self, forward: recipe.Forward, method_state, x_f, y_f, x_b, y_b
                   ) -> jax.Array:
     """Background index of each foreground image: row argmax of the OT plan."""
-    features = common.inference_outputs(forward, jnp.concatenate([x_f, x_b]))["features"]
-    batch = x_f.shape[0]
-    cost = pairing.ot_cost(features[:batch], features[batch:], y_f, y_b,
-                           method_state["confusion"], self.w)
-    return pairing.ot_pairs(cost, self.epsilon)
+    return self.ot_step(forward, method_state, x_f, y_f, x_b, y_b)[0]
 
   def partners(self, key: jax.Array, forward: recipe.Forward, ctx: recipe.StepContext,
-               method_state, x_f, y_f, x_b, y_b) -> jax.Array:
-    """OT partners in an OT epoch, a random permutation otherwise."""
-    random = lambda: pairing.random_pairs(key, y_b.shape[0])
+               method_state, fore: recipe.Batch, back: recipe.Batch, mixed: jax.Array
+               ) -> tuple[jax.Array, recipe.Forward]:
+    """OT partners for a mixed batch of an OT epoch, a random permutation otherwise; and
+    the Forward after the OT feature passes."""
+    random = lambda: pairing.random_pairs(key, back.labels.shape[0])
     if not self.ot:
-      return random()
-    return jax.lax.cond(self.uses_ot(method_state, ctx.epoch, ctx.num_epochs),
-                        lambda: self.ot_partners(forward, method_state, x_f, y_f, x_b, y_b),
-                        random)
+      return random(), forward
+
+    def by_ot():
+      partner, after = self.ot_step(forward, method_state, fore.x, fore.labels, back.x,
+                                    back.labels)
+      return partner, after.batch_stats
+
+    use = self.uses_ot(method_state, ctx.epoch, ctx.num_epochs) & mixed
+    partner, batch_stats = jax.lax.cond(use, by_ot, lambda: (random(), forward.batch_stats))
+    return partner, forward._replace(batch_stats=batch_stats)
 
   def mix_gate(self, key: jax.Array, ctx: recipe.StepContext) -> jax.Array:
     """Whether this batch is mixed (always, unless the reference-code options are set)."""
@@ -177,13 +251,13 @@ class OTmix(common.SupervisedRecipe):
     keys = ctx.keys("back", "fore", "pair", "lam", "box", "gate")
     back = ctx.clean_batch(keys["back"])
     fore = ctx.draw(keys["fore"], samplers.inverse_power_probs(ctx.class_counts, self.r))
-    partner = self.partners(keys["pair"], forward, ctx, method_state, fore.x, fore.labels,
-                            back.x, back.labels)
+    mixed = self.mix_gate(keys["gate"], ctx)
+    partner, forward = self.partners(keys["pair"], forward, ctx, method_state, fore, back,
+                                     mixed)
     lam = mixing.sample_lambda(keys["lam"], self.alpha,
                                (back.labels.shape[0],) if self.per_sample_box else ())
     box = mixing.cutmix_box(keys["box"], lam, *back.x.shape[1:3])
     x_mix, lam_back = mixing.paste_box(common.take(back.x, partner), fore.x, box)
-    mixed = self.mix_gate(keys["gate"], ctx)
     x = jnp.where(mixed, x_mix, back.x)
     labels = mixing.MixedLabels(jnp.where(mixed, common.take(back.labels, partner),
                                           back.labels),

@@ -1,5 +1,7 @@
 """Flax Linen models: every `model.apply(variables, x, train=...)` returns
-{"logits": (B, K), "features": (B, D)} (dual-branch models add the per-branch outputs)."""
+{"logits": (B, K), "features": (B, D)}; the convolutional single-branch models add
+"feature_map" (B, H, W, C), the last stage before pooling, and dual-branch models add the
+per-branch outputs."""
 
 from ltjax.models.dual_branch import DualBranchNet, dual_resnet32, dual_small_cnn
 from ltjax.models.heads import HEADS, LinearHead, NormalizedLinear, make_head

@@ -15,11 +15,19 @@ Parameter names follow the single-branch network (the block-layout branch holds
 has 464,154 + 352,138 (stage 3 + head) = 816,292 parameters and the block layout
 464,154 + 74,634 (last block + head) = 538,788.
 
-Training (`x_rebalance` given): the trunk runs once on concat([x, x_rebalance]), branch c
-on the x half and branch r on the x_rebalance half. The trunk's batch norm therefore
-normalises over the joint batch of both samplers (BBN runs the backbone twice, once per
-batch). Inference (`x_rebalance=None`): both branches see x and the prediction is the
-average of the two branches' logits, without temperature (DBN-Mix eq. 20).
+Training (`x_rebalance` given), two trunk modes (`trunk=` keyword of the call):
+
+- "joint" (default): the trunk runs once on concat([x, x_rebalance]), branch c on the x
+  half and branch r on the x_rebalance half; the trunk's batch norm normalises over the
+  joint batch of both samplers and updates its running statistics once.
+- "separate" (DBN-Mix code, soony1213/DBN-Mix main.py: `model(input, classifier_cb=True)`
+  then `model(input_b, classifier_rb=True)`; BBN likewise runs the backbone once per
+  batch): trunk and branch c on x, then trunk and branch r on x_rebalance. Each batch is
+  normalised with its own statistics and the trunk's running statistics are updated twice,
+  first with the x batch, then with the x_rebalance batch.
+
+Inference (`x_rebalance=None`): both branches see x and the prediction is the average of
+the two branches' logits, without temperature (DBN-Mix eq. 20).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from ltjax.models.resnet_cifar import (BasicBlock, Backbone, CifarStem, ModuleDe
 from ltjax.models.small import ConvBNReLU, small_cnn_specs
 
 LAYOUTS = ("stage", "block")
+TRUNKS = ("joint", "separate")
 
 
 def check_layout(layout: str) -> None:
@@ -44,6 +53,12 @@ def check_layout(layout: str) -> None:
   if layout not in LAYOUTS:
     raise ValueError(f"Unknown dual-branch layout {layout!r}; valid layouts: "
                      f"{', '.join(LAYOUTS)}.")
+
+
+def check_trunk(trunk: str) -> None:
+  """Raises ValueError unless `trunk` is one of TRUNKS."""
+  if trunk not in TRUNKS:
+    raise ValueError(f"Unknown trunk mode {trunk!r}; valid: {', '.join(TRUNKS)}.")
 
 
 def split_specs(specs: tuple[StageSpec, ...], layout: str
@@ -90,33 +105,40 @@ class DualBranchNet(nn.Module):
   stem: ModuleDef | None = CifarStem
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool, x_rebalance: jax.Array | None = None
-               ) -> dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool, x_rebalance: jax.Array | None = None,
+               trunk: str = "joint") -> dict[str, jax.Array]:
     """Runs both branches.
 
     Args:
       x: (B, H, W, C) batch of the conventional branch (and of both at inference).
       train: batch statistics (True) or running statistics (False) in batch norm.
       x_rebalance: optional batch of the re-balancing branch, same shape as x.
+      trunk: with x_rebalance, "joint" (one trunk pass on both batches) or "separate"
+        (one trunk pass per batch, x first; see the module docstring).
 
     Returns:
       dict with logits_c, logits_r (B, K), features_c, features_r (B, D), "logits" =
       (logits_c + logits_r) / 2 and "features" = features_c.
     """
     check_images(x)
-    batch = x.shape[0]
-    if x_rebalance is not None:
-      if x_rebalance.shape != x.shape:
-        raise ValueError(f"x_rebalance must have the shape of x {x.shape}, got "
-                         f"{x_rebalance.shape}.")
-      x = jnp.concatenate([x, x_rebalance], axis=0)
+    check_trunk(trunk)
+    if x_rebalance is not None and x_rebalance.shape != x.shape:
+      raise ValueError(f"x_rebalance must have the shape of x {x.shape}, got "
+                       f"{x_rebalance.shape}.")
     trunk_specs, branch_specs = split_specs(self.specs, self.layout)
-    h = Backbone(trunk_specs, self.block, self.stem, name="trunk")(x, train)
-    h_c, h_r = (h[:batch], h[batch:]) if x_rebalance is not None else (h, h)
+    backbone = Backbone(trunk_specs, self.block, self.stem, name="trunk")
     branch = functools.partial(PooledClassifier, self.num_classes, branch_specs, self.block,
                                head=self.head, first_stage=len(self.specs) - 1)
-    out_c = branch(name="branch_c")(h_c, train)
-    out_r = branch(name="branch_r")(h_r, train)
+    branch_c, branch_r = branch(name="branch_c"), branch(name="branch_r")
+    if x_rebalance is None:
+      h = backbone(x, train)
+      out_c, out_r = branch_c(h, train), branch_r(h, train)
+    elif trunk == "separate":
+      out_c = branch_c(backbone(x, train), train)
+      out_r = branch_r(backbone(x_rebalance, train), train)
+    else:
+      h = backbone(jnp.concatenate([x, x_rebalance], axis=0), train)
+      out_c, out_r = branch_c(h[:x.shape[0]], train), branch_r(h[x.shape[0]:], train)
     return {"logits": (out_c["logits"] + out_r["logits"]) / 2,
             "features": out_c["features"],
             "logits_c": out_c["logits"], "logits_r": out_r["logits"],

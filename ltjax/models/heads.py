@@ -102,3 +102,14 @@ def head_outputs(features: jax.Array, kind: str, num_classes: int) -> dict[str, 
 def global_avg_pool(x: jax.Array) -> jax.Array:
   """(B, H, W, C) feature map -> (B, C) spatial mean."""
   return jnp.mean(x, axis=(1, 2))
+
+
+def pooled_outputs(feature_map: jax.Array, kind: str, num_classes: int
+                   ) -> dict[str, jax.Array]:
+  """Pooling and a head named "head" on a last-stage map (inside a compact method).
+
+  Returns {"logits": (B, K), "features": (B, C) pooled, "feature_map": (B, H, W, C)}; the
+  un-pooled map is what the OTmix CIFAR code compares for its OT cost.
+  """
+  return {**head_outputs(global_avg_pool(feature_map), kind, num_classes),
+          "feature_map": feature_map}

@@ -16,6 +16,8 @@ Conventions shared by every ltjax model:
 - A network is an optional stem followed by stages (`StageSpec`: features, number of
   blocks, stride of the first block) of one block type; `Backbone` runs them and
   `DualBranchNet` splits the same description between a shared trunk and two branches.
+- Outputs (`heads.pooled_outputs`): "logits" (B, K), "features" (B, C) = the pooled last
+  stage, "feature_map" (B, H, W, C) = the last stage before pooling.
 """
 
 from __future__ import annotations
@@ -117,13 +119,14 @@ def residual(x: jax.Array, features: int, strides: int, shortcut: str,
 
 
 class CifarStem(nn.Module):
-  """relu(bn(conv3x3(x))) with `features` channels, stride 1."""
+  """relu(bn(conv3x3(x))) with `features` channels, stride 1 (`relu=False`: bn(conv3x3(x)))."""
   features: int = 16
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, relu: bool = True) -> jax.Array:
     x = conv(self.features, 3, 1, CIFAR_CONV_INIT, name="conv")(x)
-    return nn.relu(batch_norm(train, "bn")(x))
+    x = batch_norm(train, "bn")(x)
+    return nn.relu(x) if relu else x
 
 
 class StageSpec(NamedTuple):
@@ -158,7 +161,7 @@ class Backbone(nn.Module):
   Attributes:
     specs: the stages.
     block: block constructor `block(features=, strides=)`.
-    stem: stem constructor `stem()`, or None for no stem.
+    stem: stem constructor `stem()` (called as `stem(x, train, relu=)`), or None.
     first_stage: index of the first stage in the names (a branch continuing a trunk).
   """
   specs: tuple[StageSpec, ...]
@@ -167,16 +170,18 @@ class Backbone(nn.Module):
   first_stage: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, stem_relu: bool = True) -> jax.Array:
+    """Runs the stem and the stages; `stem_relu=False` drops the stem's final ReLU (no
+    effect without a stem; see `ResNetCifar`)."""
     if self.stem is not None:
-      x = self.stem(name="stem")(x, train)
+      x = self.stem(name="stem")(x, train, relu=stem_relu)
     for i, spec in enumerate(self.specs):
       x = Stage(spec, self.block, name=f"stage{self.first_stage + i}")(x, train)
     return x
 
 
 class PooledClassifier(nn.Module):
-  """Backbone, global average pooling and head: {"logits": (B, K), "features": (B, D)}."""
+  """Backbone, global average pooling and head (`heads.pooled_outputs`)."""
   num_classes: int
   specs: tuple[StageSpec, ...]
   block: ModuleDef
@@ -187,7 +192,7 @@ class PooledClassifier(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
     x = Backbone(self.specs, self.block, self.stem, self.first_stage, name="backbone")(x, train)
-    return heads.head_outputs(heads.global_avg_pool(x), self.head, self.num_classes)
+    return heads.pooled_outputs(x, self.head, self.num_classes)
 
 
 def check_images(x: jax.Array, name: str = "x") -> None:
@@ -221,11 +226,21 @@ class ResNetCifar(nn.Module):
   head: str = "linear"
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool, stem_relu: bool = True
+               ) -> dict[str, jax.Array]:
+    """Returns {"logits", "features" (pooled), "feature_map" (last stage, un-pooled)}.
+
+    `stem_relu=False` skips the ReLU after the stem's batch norm. That is the feature
+    extractor of the OTmix CIFAR code, `nn.Sequential(*list(model.children())[:-1])`
+    (JintongGao/Enhancing-Minority-Classes-by-Mixing, final_otmix/cifar_train.py): the
+    forward's `F.relu` after `bn1` is not a child module, so the sequence conv1, bn1,
+    layer1-3 runs without it.
+    """
     check_images(x)
     x = Backbone(cifar_stage_specs(self.depth, self.widths), BasicBlock,
-                 stem=functools.partial(CifarStem, self.widths[0]), name="backbone")(x, train)
-    return heads.head_outputs(heads.global_avg_pool(x), self.head, self.num_classes)
+                 stem=functools.partial(CifarStem, self.widths[0]),
+                 name="backbone")(x, train, stem_relu)
+    return heads.pooled_outputs(x, self.head, self.num_classes)
 
 
 def resnet32(num_classes: int, head: str = "linear") -> ResNetCifar:

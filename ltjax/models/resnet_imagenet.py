@@ -51,13 +51,15 @@ class Bottleneck(nn.Module):
 
 
 class ImageNetStem(nn.Module):
-  """maxpool3x3/2(relu(bn(conv7x7/2(x)))) with PyTorch padding (3 and 1)."""
+  """maxpool3x3/2(relu(bn(conv7x7/2(x)))) with PyTorch padding (3 and 1); `relu=False`
+  drops the ReLU."""
   features: int = 64
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, relu: bool = True) -> jax.Array:
     x = conv(self.features, 7, 2, IMAGENET_CONV_INIT, name="conv")(x)
-    x = nn.relu(batch_norm(train, "bn")(x))
+    x = batch_norm(train, "bn")(x)
+    x = nn.relu(x) if relu else x
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
@@ -87,15 +89,19 @@ class ResNetImageNet(nn.Module):
   head: str = "linear"
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool, stem_relu: bool = True
+               ) -> dict[str, jax.Array]:
+    """Returns {"logits", "features" (pooled), "feature_map" (last stage, un-pooled)};
+    `stem_relu=False` drops the stem's ReLU (as `ResNetCifar`)."""
     check_images(x)
     if len(self.stage_sizes) != len(self.widths):
       raise ValueError(f"stage_sizes {self.stage_sizes} and widths {self.widths} must have "
                        "the same length.")
     specs = tuple(StageSpec(w, n, 1 if i == 0 else 2)
                   for i, (w, n) in enumerate(zip(self.widths, self.stage_sizes)))
-    x = Backbone(specs, block_def(self.block), stem=ImageNetStem, name="backbone")(x, train)
-    return heads.head_outputs(heads.global_avg_pool(x), self.head, self.num_classes)
+    x = Backbone(specs, block_def(self.block), stem=ImageNetStem, name="backbone")(
+        x, train, stem_relu)
+    return heads.pooled_outputs(x, self.head, self.num_classes)
 
 
 def _resnet(stage_sizes: tuple[int, ...], block: str, num_classes: int, head: str

@@ -59,10 +59,16 @@ class SmallCNN(nn.Module):
   head: str = "linear"
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool, stem_relu: bool = True
+               ) -> dict[str, jax.Array]:
+    """Returns {"logits", "features" (pooled), "feature_map" (last stage, un-pooled)}.
+
+    `stem_relu` is accepted for the interface of `ResNetCifar`; SmallCNN has no stem.
+    """
     check_images(x)
-    x = Backbone(small_cnn_specs(self.widths), ConvBNReLU, name="backbone")(x, train)
-    return heads.head_outputs(heads.global_avg_pool(x), self.head, self.num_classes)
+    x = Backbone(small_cnn_specs(self.widths), ConvBNReLU, name="backbone")(x, train,
+                                                                            stem_relu)
+    return heads.pooled_outputs(x, self.head, self.num_classes)
 
 
 class MLP(nn.Module):

@@ -9,7 +9,16 @@ per epoch. Inside it:
    e), N, B)`, with e = epoch_offset + epoch the run's global epoch;
 3. `lax.scan` over its rows; step t (global) uses `key = fold_in(keys.step, t)`, builds a
    `StepContext`, differentiates `recipe.loss` w.r.t. the params, applies the optimiser and
-   threads the BatchNorm statistics and the method state.
+   threads the BatchNorm statistics and the method state;
+4. with `drop_last=False` (the PyTorch `DataLoader` default, which the LDAM-DRW, DBN-Mix,
+   imbalanced-DL, CMO and OTmix code keep), one more step on the N mod B samples that the
+   permutation's full rows leave out, by a second step function compiled for that batch
+   size, outside the scan. Its `StepContext.batch_size` is N mod B, so a recipe's second
+   batch ("of the same size") shrinks with it, as in the DBN-Mix code (its re-balancing
+   sample is drawn per clean sample in `__getitem__`) and the CMO / OTmix code
+   (`input2[:input.size()[0]]`). An epoch then has ceil(N / B) steps (`steps_per_epoch`),
+   e.g. 97 on CIFAR-10-LT rho=100 (12,406 images, B = 128, last batch 118); a learning-rate
+   schedule must count them so.
 
 Sampling, augmentation and normalisation run on device inside the step; nothing goes back to
 the host until the epoch's metrics are read. `epoch` is a traced int32, so every epoch of a
@@ -41,6 +50,26 @@ AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 NormalizeFn = Callable[[jax.Array], jax.Array]
 Metrics = dict[str, jax.Array]
 LOOPS = ("scan", "steps", "auto")
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, drop_last: bool = True) -> int:
+  """Steps of an epoch: N // B, or ceil(N / B) when the last partial batch is trained."""
+  full, rest = divmod(num_samples, batch_size)
+  return full + (0 if drop_last or not rest else 1)
+
+
+def epoch_batches(key: jax.Array, num_samples: int, batch_size: int, drop_last: bool = True
+                  ) -> tuple[jax.Array, jax.Array | None]:
+  """An epoch's clean batches: the (N // B, B) full rows and the last partial batch.
+
+  The rows are `samplers.epoch_permutation(key, N, B)`, i.e. the first (N // B) * B entries
+  of `jax.random.permutation(key, N)`; the last batch is the rest of that permutation,
+  (N mod B,) indices, or None with `drop_last` or when B divides N.
+  """
+  grid = samplers.epoch_permutation(key, num_samples, batch_size)
+  if drop_last or grid.size == num_samples:
+    return grid, None
+  return grid, jax.random.permutation(key, num_samples)[grid.size:].astype(jnp.int32)
 
 
 def resolve_loop(loop: str) -> str:
@@ -101,16 +130,18 @@ class TrainEpoch:
 
   Attributes:
     jitted: loop "scan": the jitted `(state, data, epoch) -> (state, metrics)`; loop
-      "steps": the jitted `(state, data, epoch) -> (state, permutation)` that starts the
-      epoch. `state` is donated.
+      "steps": the jitted `(state, data, epoch) -> (state, rows, last batch or None)` that
+      starts the epoch. `state` is donated.
     data: the training set passed to every call.
-    steps_per_epoch: N // B (the last partial batch is dropped).
+    steps_per_epoch: N // B, or ceil(N / B) with drop_last=False.
     step: loop "steps" only: the jitted `(state, data, epoch, indices) -> (state, metrics)`.
+    last_step: loop "steps" with a last partial batch only: `step` compiled for its size.
   """
   jitted: Callable[..., Any]
   data: recipe_lib.DeviceDataset
   steps_per_epoch: int
   step: Callable[..., tuple[TrainState, Metrics]] | None = None
+  last_step: Callable[..., tuple[TrainState, Metrics]] | None = None
 
   def __call__(self, state: TrainState, epoch: jax.Array | int
                ) -> tuple[TrainState, Metrics]:
@@ -119,10 +150,13 @@ class TrainEpoch:
       epoch = jnp.asarray(epoch, jnp.int32)
     if self.step is None:
       return self.jitted(state, self.data, epoch)
-    state, perm = self.jitted(state, self.data, epoch)
+    state, perm, last = self.jitted(state, self.data, epoch)
     history = []
     for indices in perm:  # one device-side unstack; no host transfer
       state, metrics = self.step(state, self.data, epoch, indices)
+      history.append(metrics)
+    if last is not None:
+      state, metrics = self.last_step(state, self.data, epoch, last)
       history.append(metrics)
     return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
 
@@ -140,12 +174,16 @@ def make_train_step(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
   recipe's random outcomes (`LossOutput.draws`), so that a step can be replayed outside
   ltjax; the epoch loop drops them. Not jitted: `make_train_epoch` compiles it.
 
-  Args: as `make_train_epoch` (without `epoch_offset` and `loop`).
+  Args: as `make_train_epoch` (without `epoch_offset`, `loop` and `drop_last`);
+    `batch_size` is the number of clean `indices` of every call (`StepContext.batch_size`).
   """
   keys = run_keys(seed)
 
   def train_step(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array,
                  indices: jax.Array) -> tuple[TrainState, Metrics, Metrics]:
+    if indices.shape != (batch_size,):
+      raise ValueError(f"this step trains batches of {batch_size} indices, got shape "
+                       f"{indices.shape}.")
     ctx = recipe_lib.StepContext(
         key=jax.random.fold_in(keys.step, state.step), step=state.step, epoch=epoch,
         num_epochs=num_epochs, batch_size=batch_size, clean_indices=indices, data=data,
@@ -172,7 +210,7 @@ def make_train_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
                      batch_size: int, num_epochs: int, augment_fn: AugmentFn | None,
                      normalize_fn: NormalizeFn, seed: int, mesh: Mesh | None = None,
                      epoch_offset: int = 0, train_batch_stats: bool = True,
-                     loop: str = "scan") -> TrainEpoch:
+                     loop: str = "scan", drop_last: bool = True) -> TrainEpoch:
   """Builds the compiled epoch of one training phase.
 
   Args:
@@ -191,60 +229,79 @@ def make_train_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
     train_batch_stats: False keeps the BatchNorm statistics fixed (frozen-backbone phases).
     loop: "scan" (the epoch is one compiled loop), "steps" (one compiled call per step) or
       "auto" (see the module docstring); the same steps and keys either way.
+    drop_last: True (default) drops the N mod B samples that the epoch permutation's full
+      batches leave out; False trains them as one more, smaller step at the end of the
+      epoch (module docstring, point 4; with a mesh, N mod B must be divisible by its
+      number of devices).
 
   Returns:
     A TrainEpoch.
   """
   if num_epochs < 1:
     raise ValueError(f"num_epochs must be >= 1, got {num_epochs}.")
-  if mesh is not None:
-    sharding.check_divisible(batch_size, mesh)
   if not 1 <= batch_size <= data.num_samples:
     raise ValueError(f"batch_size must be in [1, {data.num_samples}], got {batch_size}.")
+  last_size = 0 if drop_last else data.num_samples % batch_size
+  if mesh is not None:
+    sharding.check_divisible(batch_size, mesh)
+    if last_size:
+      try:
+        sharding.check_divisible(last_size, mesh)
+      except ValueError as e:
+        raise ValueError(f"drop_last=False trains a last batch of N mod B = {last_size} "
+                         f"samples, which the mesh cannot split: {e}") from e
   loop = resolve_loop(loop)
   keys = run_keys(seed)
-  step_with_draws = make_train_step(
-      recipe, apply_fn, tx, batch_size=batch_size, num_epochs=num_epochs,
-      augment_fn=augment_fn, normalize_fn=normalize_fn, seed=seed, mesh=mesh,
-      train_batch_stats=train_batch_stats)
 
-  def train_step(data: recipe_lib.DeviceDataset, epoch: jax.Array,
-                 state: TrainState, indices: jax.Array) -> tuple[TrainState, Metrics]:
-    state, metrics, _ = step_with_draws(state, data, epoch, indices)
-    return state, metrics
+  def epoch_step(size: int) -> Callable[..., tuple[TrainState, Metrics]]:
+    """`(state, data, epoch, indices) -> (state, metrics)` for clean batches of `size`."""
+    step_with_draws = make_train_step(
+        recipe, apply_fn, tx, batch_size=size, num_epochs=num_epochs,
+        augment_fn=augment_fn, normalize_fn=normalize_fn, seed=seed, mesh=mesh,
+        train_batch_stats=train_batch_stats)
+
+    def step(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array,
+             indices: jax.Array) -> tuple[TrainState, Metrics]:
+      state, metrics, _ = step_with_draws(state, data, epoch, indices)
+      return state, metrics
+
+    return step
+
+  full_step = epoch_step(batch_size)
+  last_step = epoch_step(last_size) if last_size else None
 
   def begin_epoch(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array
-                  ) -> tuple[TrainState, jax.Array]:
-    """The recipe's epoch hook and the epoch's (steps, B) instance-balanced permutation."""
+                  ) -> tuple[TrainState, jax.Array, jax.Array | None]:
+    """The recipe's epoch hook and the epoch's clean batches (`epoch_batches`)."""
     epoch = jnp.asarray(epoch, jnp.int32)
     global_epoch = epoch + epoch_offset
     evaluate = make_evaluate(apply_fn, state.params, state.batch_stats, normalize_fn)
     method_state = recipe.begin_epoch(state.method_state, epoch, data, evaluate,
                                       jax.random.fold_in(keys.epoch, global_epoch))
-    perm = samplers.epoch_permutation(jax.random.fold_in(keys.permutation, global_epoch),
-                                      data.num_samples, batch_size)
-    return state.replace(method_state=method_state), perm
+    perm, last = epoch_batches(jax.random.fold_in(keys.permutation, global_epoch),
+                               data.num_samples, batch_size, drop_last)
+    return state.replace(method_state=method_state), perm, last
 
   def train_epoch(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array
                   ) -> tuple[TrainState, Metrics]:
     epoch = jnp.asarray(epoch, jnp.int32)
-    state, perm = begin_epoch(state, data, epoch)
-    step = lambda s, idx: train_step(data, epoch, s, idx)
-    return jax.lax.scan(step, state, perm)
-
-  def step_call(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array,
-                indices: jax.Array) -> tuple[TrainState, Metrics]:
-    return train_step(data, epoch, state, indices)
+    state, perm, last = begin_epoch(state, data, epoch)
+    state, metrics = jax.lax.scan(lambda s, idx: full_step(s, data, epoch, idx), state, perm)
+    if last is None:
+      return state, metrics
+    state, last_metrics = last_step(state, data, epoch, last)
+    return state, jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), metrics,
+                               last_metrics)
 
   def compile_fn(fn: Callable[..., Any], num_args: int) -> Callable[..., Any]:
     if mesh is None:
       return jax.jit(fn, donate_argnums=0)
     rep = sharding.replicated(mesh)
-    return jax.jit(fn, in_shardings=(rep,) * num_args, out_shardings=(rep, rep),
-                   donate_argnums=0)
+    return jax.jit(fn, in_shardings=(rep,) * num_args, out_shardings=rep, donate_argnums=0)
 
-  steps = data.num_samples // batch_size
+  steps = steps_per_epoch(data.num_samples, batch_size, drop_last)
   if loop == "scan":
     return TrainEpoch(jitted=compile_fn(train_epoch, 3), data=data, steps_per_epoch=steps)
   return TrainEpoch(jitted=compile_fn(begin_epoch, 3), data=data, steps_per_epoch=steps,
-                    step=compile_fn(step_call, 4))
+                    step=compile_fn(full_step, 4),
+                    last_step=None if last_step is None else compile_fn(last_step, 4))

@@ -1,9 +1,18 @@
 """Learning-rate schedules over the global step, as optax schedules.
 
-Warm-up follows the LDAM-DRW / ImbalancedDL / DBN-Mix reference code and is **per epoch**:
-for epoch e < warmup_epochs (0-based), `lr = base_lr * (e + 1) / warmup_epochs`, constant
-inside the epoch. A milestone m (0-based epoch) applies from the first step of epoch m on,
-which is what `if epoch > 160` on the reference's 1-based epoch counter does.
+Linear warm-up over the first `warmup_epochs` epochs, in one of two units:
+
+- `warmup_unit="epoch"` (default; LDAM-DRW / ImbalancedDL / CMO `adjust_learning_rate`,
+  set once per epoch): for epoch e < warmup_epochs (0-based),
+  `lr = base_lr * (e + 1) / warmup_epochs`, constant inside the epoch.
+- `warmup_unit="step"` (DBN-Mix code, soony1213/DBN-Mix main.py `warmup_step_schedule`, a
+  `LambdaLR` stepped after every optimiser step): for global step t < W = warmup_epochs *
+  steps_per_epoch, `lr = base_lr * t / W`, so the first step trains at lr 0. The code's
+  steps_per_epoch is `len(train_loader)` = ceil(N / B) (drop_last=False).
+
+A milestone m (0-based epoch) applies from the first step of epoch m on, which is what
+`if epoch > 160` on the reference's 1-based epoch counter does, and what the DBN-Mix code's
+`step < milestones[0] * steps_per_epoch` does.
 
   multistep: lr(e) = base_lr * f_j for m_j <= e < m_{j+1}   (f_j the cumulative factor)
   cosine:    lr(t) = final + (base - final) * (1 + cos(pi * (t - t_w) / (T - t_w))) / 2
@@ -22,41 +31,57 @@ import optax
 from ltjax import _checks
 
 SCHEDULES = ("multistep", "cosine", "constant")
+WARMUP_UNITS = ("epoch", "step")
 
 
-def _check_common(base_lr: float, steps_per_epoch: int, warmup_epochs: int) -> None:
+def _check_common(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
+                  warmup_unit: str) -> None:
   _checks.check_positive(base_lr, "base_lr")
   if steps_per_epoch < 1:
     raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
   if warmup_epochs < 0:
     raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
+  if warmup_unit not in WARMUP_UNITS:
+    raise ValueError(f"Unknown warmup_unit {warmup_unit!r}; valid: {', '.join(WARMUP_UNITS)}.")
 
 
-def _warmup_factor(epoch: jax.Array, warmup_epochs: int) -> jax.Array:
-  """(e + 1) / warmup for e < warmup, else 1 (per-epoch linear warm-up)."""
+def _warmup_factor(step: jax.Array, steps_per_epoch: int, warmup_epochs: int,
+                   warmup_unit: str) -> jax.Array:
+  """Linear warm-up factor of a global step (see the module docstring), 1 after it.
+
+  "epoch": (e + 1) / warmup_epochs with e = step // steps_per_epoch; "step":
+  step / (warmup_epochs * steps_per_epoch).
+  """
   if warmup_epochs == 0:
-    return jnp.ones_like(epoch, jnp.float32)
-  return jnp.minimum((epoch + 1).astype(jnp.float32) / warmup_epochs, 1.0)
+    return jnp.ones_like(step, jnp.float32)
+  if warmup_unit == "epoch":
+    progress = (step // steps_per_epoch + 1).astype(jnp.float32) / warmup_epochs
+  else:
+    progress = step.astype(jnp.float32) / (warmup_epochs * steps_per_epoch)
+  return jnp.minimum(progress, 1.0)
 
 
 def warmup_multistep(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
                      milestones: Sequence[int], factors: Sequence[float] | None = None,
-                     gamma: float = 0.1) -> optax.Schedule:
-  """Per-epoch linear warm-up, then piecewise-constant decay at epoch milestones.
+                     gamma: float = 0.1, warmup_unit: str = "epoch") -> optax.Schedule:
+  """Linear warm-up, then piecewise-constant decay at epoch milestones.
 
   Args:
     base_lr: peak learning rate.
-    steps_per_epoch: optimisation steps per epoch.
+    steps_per_epoch: optimisation steps per epoch (ceil(N / B) when the last partial
+      batch is trained, as in the LDAM-DRW and DBN-Mix code).
     warmup_epochs: warm-up length in epochs (0: none).
     milestones: increasing 0-based epochs where the rate drops (e.g. (160, 180)).
     factors: cumulative multipliers of base_lr from each milestone on (MAMix / ImbalancedDL:
       (0.01, 1e-4)); default `gamma ** (j + 1)` (DBN-Mix: x0.1 at 160 and 180).
     gamma: decay per milestone when `factors` is None.
+    warmup_unit: "epoch" (paper-era reference loops, default) or "step" (DBN-Mix code:
+      per iteration from lr 0); see the module docstring.
 
   Returns:
     A schedule `step -> lr` (float32).
   """
-  _check_common(base_lr, steps_per_epoch, warmup_epochs)
+  _check_common(base_lr, steps_per_epoch, warmup_epochs, warmup_unit)
   milestones = tuple(int(m) for m in milestones)
   if any(b <= a for a, b in zip(milestones, milestones[1:])) or any(m < 0 for m in milestones):
     raise ValueError(f"milestones must be increasing non-negative epochs, got {milestones}.")
@@ -71,17 +96,23 @@ def warmup_multistep(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
   bounds = jnp.asarray(milestones, jnp.int32)
 
   def schedule(step: jax.Array) -> jax.Array:
-    epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
-    decay = table[jnp.sum(epoch >= bounds)]
-    return base_lr * _warmup_factor(epoch, warmup_epochs) * decay
+    step = jnp.asarray(step, jnp.int32)
+    decay = table[jnp.sum(step // steps_per_epoch >= bounds)]
+    return base_lr * _warmup_factor(step, steps_per_epoch, warmup_epochs, warmup_unit) * decay
 
   return schedule
 
 
 def warmup_cosine(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
-                  total_epochs: int, final_lr: float = 0.0) -> optax.Schedule:
-  """Per-epoch linear warm-up, then cosine decay per step to `final_lr` at the last step."""
-  _check_common(base_lr, steps_per_epoch, warmup_epochs)
+                  total_epochs: int, final_lr: float = 0.0, warmup_unit: str = "epoch"
+                  ) -> optax.Schedule:
+  """Linear warm-up (`warmup_unit` as in `warmup_multistep`), then cosine decay per step
+  to `final_lr` at the last step.
+
+  With warmup_epochs=0 this is PyTorch's `CosineAnnealingLR(T_max=total steps)` stepped
+  per iteration, the DBN-Mix code's "cosine" scheduler (which has no warm-up).
+  """
+  _check_common(base_lr, steps_per_epoch, warmup_epochs, warmup_unit)
   _checks.check_positive(final_lr, "final_lr", allow_zero=True)
   if total_epochs <= warmup_epochs:
     raise ValueError(f"total_epochs ({total_epochs}) must exceed warmup_epochs "
@@ -93,7 +124,7 @@ def warmup_cosine(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
     step = jnp.asarray(step, jnp.int32)
     t = jnp.clip(step - start, 0, length).astype(jnp.float32) / length
     cosine = final_lr + (base_lr - final_lr) * 0.5 * (1.0 + jnp.cos(math.pi * t))
-    warm = base_lr * _warmup_factor(step // steps_per_epoch, warmup_epochs)
+    warm = base_lr * _warmup_factor(step, steps_per_epoch, warmup_epochs, warmup_unit)
     return jnp.where(step < start, warm, cosine)
 
   return schedule

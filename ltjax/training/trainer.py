@@ -135,7 +135,8 @@ def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
         eval_every: int = 1, eval_batch_size: int = 500, checkpoint_every: int = 1,
         keep_checkpoints: int = 3, callbacks: Sequence[Callback] = (),
         mesh: Mesh | None = None, progress: bool = True,
-        stop_after: int | None = None, loop: str = "scan") -> FitResult:
+        stop_after: int | None = None, loop: str = "scan", drop_last: bool = True
+        ) -> FitResult:
   """Trains `model` through `phases`, resuming from the latest checkpoint in `workdir`.
 
   Args:
@@ -158,6 +159,10 @@ def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
     stop_after: stop once this many global epochs are done (e.g. a job's time slot); a later
       call with the same workdir resumes.
     loop: "scan", "steps" or "auto" (`ltjax.training.loop.make_train_epoch`).
+    drop_last: True drops the last partial batch of every epoch (N // B steps); False
+      trains it as one more, smaller step (ceil(N / B) steps, the reference code's
+      `DataLoader` default). A phase's learning-rate schedule must count the same steps:
+      build it with `ltjax.training.loop.steps_per_epoch(N, B, drop_last)`.
 
   Returns:
     FitResult.
@@ -190,7 +195,7 @@ def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
         phase.recipe, model.apply, phase.tx, data, batch_size=batch_size,
         num_epochs=phase.epochs, augment_fn=augment_fn, normalize_fn=normalize_fn,
         seed=seed, mesh=mesh, epoch_offset=first,
-        train_batch_stats=phase.train_batch_stats, loop=loop)
+        train_batch_stats=phase.train_batch_stats, loop=loop, drop_last=drop_last)
     if test_images is not None:
       evaluator = evaluation.make_eval_fn(model.apply, phase.recipe, eval_batch_size,
                                           normalize_fn)

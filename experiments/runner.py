@@ -20,11 +20,17 @@ from ltjax import data as ltdata
 from ltjax import methods as ltmethods
 from ltjax import recipe as recipe_lib
 from ltjax.models import registry as models
-from ltjax.training import optim, schedules, sharding, trainer
+from ltjax.training import loop, optim, schedules, sharding, trainer
 from ltjax.training.checkpoint import Checkpointer
 
 CP_CONFUSION_FILE = "cp_confusion.npy"
-NORMALIZATIONS = ("cifar", "dataset")
+NORMALIZATIONS = ("cifar", "cifar_stats", "dataset")
+# The full CIFAR training sets' own mean / std, the `normalize="cifar_stats"` constants
+# (DBN-Mix code, data/dataloader.py `dataset_statistics`).
+CIFAR_STATS = {
+    "cifar10_lt": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100_lt": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
 
 
 def _valid(kind: str, name: str, valid: tuple[str, ...] | list[str]) -> None:
@@ -38,15 +44,22 @@ def validate_names(config: ml_collections.ConfigDict) -> None:
   _valid("dataset", config.dataset.name, ltdata.DATASETS)
   _valid("model", config.model.name, sorted(models.MODELS))
   _valid("normalization", config.get("normalize", "cifar"), NORMALIZATIONS)
+  _valid("protocol", config.get("protocol", "paper"), ltmethods.protocols.KINDS)
   for name in ("num_epochs", "batch_size", "eval_every", "checkpoint_every"):
     if config[name] < 1:
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
 
 
 def build_recipe(config: ml_collections.ConfigDict) -> recipe_lib.Recipe:
-  """The method's recipe with the config's hyperparameters (config.recipe)."""
+  """The method's recipe with the config's hyperparameters (config.recipe).
+
+  config.recipe holds the protocol's hyperparameters already in the run's epochs (the config
+  rescaled them); lists (a config read back from config.json) become tuples.
+  """
+  hparams = {k: tuple(v) if isinstance(v, list) else v
+             for k, v in config.recipe.to_dict().items()}
   return ltmethods.get_recipe(config.method, num_epochs=config.num_epochs,
-                              **config.recipe.to_dict())
+                              protocol=config.get("protocol", "paper"), **hparams)
 
 
 def model_name(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe) -> str:
@@ -76,9 +89,17 @@ def check_setup(config: ml_collections.ConfigDict, num_classes: int,
 
 def normalizer(config: ml_collections.ConfigDict, train_images: np.ndarray
                ) -> tuple[Callable[[jax.Array], jax.Array], dict[str, list[float]]]:
-  """`uint8 -> float32` input normalisation: CIFAR constants or the training set's stats."""
-  if config.get("normalize", "cifar") == "cifar" and train_images.shape[-1] == 3:
+  """`uint8 -> float32` input normalisation by config.normalize.
+
+  "cifar": the CIFAR constants of LDAM-DRW and its descendants (RGB images);
+  "cifar_stats": the full CIFAR-10 / CIFAR-100 training set's mean / std (CIFAR_STATS);
+  otherwise, and for datasets those do not fit, the long-tailed training set's own stats.
+  """
+  kind = config.get("normalize", "cifar")
+  if kind == "cifar" and train_images.shape[-1] == 3:
     mean, std = augment.CIFAR_MEAN, augment.CIFAR_STD
+  elif kind == "cifar_stats" and config.dataset.name in CIFAR_STATS:
+    mean, std = CIFAR_STATS[config.dataset.name]
   else:
     pixels = train_images.reshape(-1, train_images.shape[-1]).astype(np.float64) / 255.0
     mean = tuple(float(m) for m in pixels.mean(0))
@@ -87,11 +108,16 @@ def normalizer(config: ml_collections.ConfigDict, train_images: np.ndarray
 
 
 def augmenter(config: ml_collections.ConfigDict):
-  """Training augmentation: zero-pad + random crop (+ horizontal flip), on device."""
+  """Training augmentation: random crop of the padded image (+ horizontal flip), on device.
+
+  config.augment: pad, flip, pad_mode ("constant" zero padding, or e.g. "reflect").
+  """
   pad, flip = int(config.augment.pad), bool(config.augment.flip)
   if not pad and not flip:
     return None
-  return lambda key, images: augment.random_crop_flip(key, images, pad, flip)
+  pad_mode = config.augment.pad_mode
+  return lambda key, images: augment.random_crop_flip(key, images, pad, flip,
+                                                      pad_mode=pad_mode)
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> ltdata.ArrayDataset:
@@ -122,21 +148,30 @@ def dataset_info(config: ml_collections.ConfigDict, ds: ltdata.ArrayDataset,
 
 
 def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """The main phase's learning-rate schedule from config.schedule and config.optim.lr."""
+  """The main phase's learning-rate schedule from config.schedule and config.optim.lr.
+
+  The warm-up is stepped per "epoch" (LDAM-DRW and most references) or per "step" (DBN-Mix
+  code) as config.schedule.warmup_unit says.
+  """
   s = config.schedule
+  warmup_unit = s.get("warmup_unit", "epoch")
   if s.name == "multistep":
     return schedules.warmup_multistep(config.optim.lr, steps_per_epoch, s.warmup_epochs,
-                                      tuple(s.milestones), tuple(s.factors))
+                                      tuple(s.milestones), tuple(s.factors),
+                                      warmup_unit=warmup_unit)
   if s.name == "cosine":
     return schedules.warmup_cosine(config.optim.lr, steps_per_epoch, s.warmup_epochs,
-                                   config.num_epochs)
+                                   config.num_epochs, warmup_unit=warmup_unit)
   return schedules.get_schedule(s.name, base_lr=config.optim.lr)
 
 
 def build_phases(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe,
                  num_train: int) -> list[trainer.Phase]:
-  """The main phase, and CP-Mix's classifier fine-tuning when config.finetune.num_epochs."""
-  steps = num_train // config.batch_size
+  """The main phase, and CP-Mix's classifier fine-tuning when config.finetune.num_epochs.
+
+  The schedule counts the steps `fit` takes: N // B, or ceil(N / B) without drop_last.
+  """
+  steps = loop.steps_per_epoch(num_train, config.batch_size, config.get("drop_last", True))
   o = config.optim
   main = trainer.Phase(rcp, config.num_epochs, optim.sgd(
       lr_schedule(config, steps), momentum=o.momentum, nesterov=o.nesterov,
@@ -145,7 +180,7 @@ def build_phases(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe,
   ft = config.finetune
   if isinstance(rcp, ltmethods.CPMix) and ft.num_epochs > 0:
     phases.append(trainer.Phase(
-        ltmethods.CPMixFinetune(), ft.num_epochs,
+        ltmethods.CPMixFinetune(logit_scale=rcp.logit_scale), ft.num_epochs,
         optim.sgd(schedules.constant(ft.lr), momentum=ft.momentum,
                   weight_decay=ft.weight_decay, trainable=optim.path_mask(("head",))),
         train_batch_stats=False))
@@ -199,7 +234,7 @@ def _fit(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh
       eval_every=config.eval_every, eval_batch_size=config.eval_batch_size,
       checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
       callbacks=callbacks, mesh=mesh, progress=config.progress, stop_after=stop_after,
-      loop=config.loop)
+      loop=config.loop, drop_last=config.drop_last)
 
 
 def train_phases(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh,
@@ -289,12 +324,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
         data=data, normalize_fn=normalize_fn, batch_size=config.batch_size)
   results = reporting.summarize_run(rows, final, ds.class_names, ds.train_counts, timing,
                                     extra)
+  results["protocol"] = protocol_info(config)
   reporting.write_json(os.path.join(workdir, "results.json"), results)
   f = results["final"]
   log(f"{config.method}: top1 {100 * f['top1']:.2f}  many {pct(f.get('many'))}  "
       f"medium {pct(f.get('medium'))}  few {pct(f.get('few'))}  "
       f"({timing['wall_time_s']:.1f} s) -> {workdir}")
   return results
+
+
+def protocol_info(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """results.json's `protocol`: paper or code, the published table it reproduces, sources."""
+  return {"name": config.protocol, "reproduces": config.reproduces, "source": config.source}
 
 
 def pct(value: float | None) -> str:

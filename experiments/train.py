@@ -3,15 +3,16 @@ r"""Trains one method on one long-tailed dataset and writes everything to its wo
 Usage (from the repository root):
 
   python -m experiments.train \
-      --config=experiments/configs/cifar10_lt.py:method=dbn_mix,rho=100 \
-      --config.optim.lr=0.05 --config.recipe.alpha=0.5 --workdir=/tmp/dbn_mix
+      --config=experiments/configs/cifar10_lt.py:method=dbn_mix,protocol=code,rho=100 \
+      --config.recipe.alpha=0.5 --workdir=/tmp/dbn_mix
 
   # smoke run: few epochs, small model
   python -m experiments.train --config=experiments/configs/digits_lt.py:method=mixup,quick \
       --workdir=/tmp/quick
 
-The text after the colon selects method, rho, profile, seed, epochs, quick (see
-experiments/configs/common.py); `--config.X=Y` changes any resolved field. The run prints
+The text after the colon selects method, protocol (paper: the method's recipe as its paper
+states it, default; code: as its authors' code trains it), rho, profile, seed, epochs,
+quick (see experiments/configs/common.py); `--config.X=Y` changes any resolved field. The run prints
 the resolved config, shows a progress bar (loss, lr), evaluates on the test set every
 `eval_every` epochs and resumes from the latest checkpoint when the workdir has one.
 Method, dataset and model names, and the method / model combination, are checked before
@@ -23,7 +24,8 @@ Workdir after a run:
   env.json         ltjax / jax versions, devices
   metrics.jsonl    one row per epoch: train/loss, train/lr, ..., eval/top1, eval/many, ...
   events.out.tfevents.*  the same scalars for TensorBoard
-  results.json     final and best metrics, per-class accuracy, confusion, timing
+  results.json     final and best metrics, per-class accuracy, confusion, timing, and the
+                   protocol (paper / code, the published table it reproduces, sources)
   per_class_accuracy.png, confusion.png, and the method's view (label_occurrence.png,
   temperatures.png, cp_confusion_pairs.png, pair_statistics.png)
   checkpoints/     orbax checkpoints (experiments/evaluate.py re-evaluates them)

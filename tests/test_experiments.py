@@ -16,6 +16,7 @@ import pytest
 from experiments import compare, runner
 from experiments.configs import common
 from ltjax import reporting
+from ltjax.methods import protocols
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "experiments", "configs")
@@ -56,22 +57,23 @@ def test_parse_arg_types_flags_and_errors():
     common.parse_arg("quick=maybe", quick=False)
 
 
-def test_rescale_epochs_follows_the_registry_rule():
-  cfg = common.merge(common.merge(common.RUN_DEFAULTS, common.CIFAR_PROTOCOL),
-                     common.METHOD_RECIPES["mixup_drw"])
-  out = common.rescale_epochs(cfg, 100)
+def test_rescale_follows_the_registry_rule():
+  cfg = protocols.get_protocol("mixup_drw")
+  out = protocols.rescale(cfg, 100)
   assert out["num_epochs"] == 100 and out["schedule"]["milestones"] == (80, 90)
   assert out["recipe"]["drw_epoch"] == 80 and out["schedule"]["warmup_epochs"] == 2
-  tiny = common.rescale_epochs(cfg, 3)
+  tiny = protocols.rescale(cfg, 3)
   assert tiny["schedule"]["milestones"] == (2,) and tiny["schedule"]["factors"] == (1e-4,)
   with pytest.raises(ValueError, match="epochs"):
-    common.rescale_epochs(cfg, 0)
+    protocols.rescale(cfg, 0)
 
 
 def test_paper_recipes_in_the_configs():
   dbn = _config("cifar10_lt", "method=dbn_mix")
-  assert dbn.optim.nesterov and dbn.schedule.milestones == (160, 180)
+  assert not dbn.optim.nesterov and dbn.schedule.milestones == (120, 160)
   assert dbn.schedule.factors == (0.1, 0.01) and (dbn.recipe.eta, dbn.recipe.eps) == (3.0, 0.6)
+  dbn_code = _config("cifar10_lt", "method=dbn_mix,protocol=code")
+  assert dbn_code.optim.nesterov and dbn_code.schedule.milestones == (160, 180)
   assert _config("cifar100_lt", "method=dbn_mix").recipe.eta == 7.0
   cp = _config("cifar10_lt", "method=cp_mix")
   assert (cp.num_epochs, cp.schedule.warmup_epochs, cp.schedule.milestones) == (300, 10,
@@ -166,6 +168,7 @@ def test_quickstart_compare_end_to_end(tmp_path):
       assert config["recipe"]["alpha"] == 0.5
     results = reporting.read_json(os.path.join(run, "results.json"))
     assert results["extra"]["complete"] and len(results["per_class"]) == 10
+    assert results["protocol"]["name"] == "paper" and results["protocol"]["reproduces"]
     assert {"top1", "many", "medium", "few"} <= set(results["final"])
     assert results["timing"]["wall_time_s"] > 0 and results["timing"]["epoch_time_s"] > 0
     assert _epochs(run) == [0, 1]

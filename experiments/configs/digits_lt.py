@@ -1,17 +1,19 @@
 """Digits-LT, the quickstart: scikit-learn's 8x8 digits, long-tailed (rho=10), SmallCNN, CPU.
 
 About 1,200 training images before subsampling (about 450 after, 120 down to 12 per class);
-no file needed. Every method keeps its paper recipe's *shape* (warm-up, milestones, DRW /
-deferral / stage-2 epochs, CP-Mix fine-tuning, OTmix's schedule) rescaled to 100 epochs,
-with a SmallCNN, batch 32, lr 0.05, 1-pixel crop jitter and no flips (digits are not
-mirror-symmetric).
+no file needed. Every method keeps its CIFAR-LT protocol's *shape* (`protocol=paper`, default,
+or `protocol=code`: warm-up, milestones, DRW / deferral / stage-2 epochs, CP-Mix
+fine-tuning, OTmix's schedule) rescaled to 100 epochs, with a SmallCNN, batch 32, lr 0.05,
+1-pixel crop jitter, no flips (digits are not mirror-symmetric) and the training set's
+normalisation statistics.
 
 Quickstart (every seed method and the baselines, a few minutes on 2 CPU cores):
   python -m experiments.compare --config=experiments/configs/digits_lt.py
 One method:
   python -m experiments.train --config=experiments/configs/digits_lt.py:method=lobm_star \
       --workdir=/tmp/digits_lobm
-Arguments: method, rho, profile (exp|step), seed, epochs (rescales the recipe), quick.
+Arguments: method, protocol (paper|code), rho, profile (exp|step), seed, epochs (rescales
+the protocol), quick.
 """
 
 from experiments.configs import common
@@ -28,6 +30,7 @@ BASE = {
     "eval_batch_size": 512,
     "analysis_draws": 10,
     "progress": False,
+    "reproduces": "nothing: the quickstart's toy dataset",
 }
 QUICK = {"num_epochs": 3, "batch_size": 32}
 

@@ -1,130 +1,116 @@
 """Method registry: `get_recipe(name, num_epochs=...)` builds a recipe with its paper defaults.
 
-Epoch-dependent defaults follow each paper's schedule, rescaled to `num_epochs` (floor):
-
-| names                          | epoch default                        | source                    |
-|--------------------------------|--------------------------------------|---------------------------|
-| drw, ldam_drw, *_drw (mixup family) | drw_epoch = 160 of 200          | Cao et al. 2019; MAMix    |
-| otmix_drw, otmix_ldam          | drw_epoch = 160 of 240               | OTmix sec. 4              |
-| lobm_star                      | defer_epoch = 160 of 200 (1st decay) | LOBM sec. 4.1             |
-| cp_mix                         | stage2_epoch = 200 of 300            | CP-Mix Table 6            |
+A registry entry is what makes a method that method: its recipe class and the structural
+choices that never change with the protocol (criterion kind, label rule, pairing, OT or
+random pairing). Every hyperparameter default, epoch-valued ones included, comes from the
+method's protocol (`ltjax.methods.protocols`, "paper" unless asked otherwise), moved to
+`num_epochs` by `protocols.rescale`: e.g. DRW from epoch 160 of 200 (mixup_drw) is epoch 80
+of a 100-epoch run, from 160 of 240 (otmix_ldam) epoch 80 of a 120-epoch run.
 
 Overrides: any field of the recipe (e.g. `alpha=0.2`) or of its `Criterion` (`kind`,
-`drw_epoch`, `beta`, `max_margin`, `scale`, `focal_gamma`); anything else is a ValueError.
+`drw_epoch`, `beta`, `max_margin`, `scale`, `focal_gamma`, `reduction`, `label_form`);
+anything else is a ValueError. Every registered name must have a protocol: the module
+fails at import otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from ltjax import recipe
 from ltjax.models import dual_branch
-from ltjax.methods import bilateral, common, cp_mix, criteria, erm, lobm, mixup, otmix
+from ltjax.methods import bilateral, cp_mix, criteria, erm, lobm, mixup, otmix, protocols
 
-_Spec = tuple[type, Callable[[int], dict[str, Any]]]
-
-
-def _criterion(kind: str = "ce", drw: tuple[int, int] | None = None,
-               reduction: str = "normalized") -> Callable[[int], criteria.Criterion]:
-  """A criterion factory; `drw=(at, of)` starts DRW at epoch `at` of an `of`-epoch run.
-
-  `reduction` is the reference's reduction of the DRW-weighted loss: "normalized"
-  (PyTorch's weighted mean; LDAM-DRW, OTmix code) or "mean" (imbalanced-DL).
-  """
-  def make(num_epochs: int) -> criteria.Criterion:
-    drw_epoch = None if drw is None else common.scaled_epoch(num_epochs, *drw)
-    return criteria.Criterion(kind, drw_epoch=drw_epoch, reduction=reduction)
-  return make
-
-
-def _spec(cls: type, criterion=None, **fixed: Any) -> _Spec:
-  """Registry entry: recipe class and `num_epochs -> default kwargs`."""
-  def defaults(num_epochs: int) -> dict[str, Any]:
-    kwargs = dict(fixed)
-    for key, value in fixed.items():
-      if callable(value):
-        kwargs[key] = value(num_epochs)
-    if criterion is not None:
-      kwargs["criterion"] = criterion(num_epochs)
-    return kwargs
-  return cls, defaults
-
-
-_DRW_200 = (160, 200)
-_DRW_240 = (160, 240)
-_IMBALANCED_DL_DRW = _criterion(drw=_DRW_200, reduction="mean")
-
-_REGISTRY: dict[str, _Spec] = {
-    "erm": _spec(erm.ERM, _criterion()),
-    "drw": _spec(erm.ERM, _criterion(drw=_DRW_200)),
-    "ldam_drw": _spec(erm.ERM, _criterion("ldam", _DRW_200)),
-    "balanced_softmax": _spec(erm.ERM, _criterion("balanced_softmax")),
-    "cmo": _spec(otmix.OTmix, _criterion(), ot=False),
-    "mixup": _spec(mixup.Mixup, _criterion()),
-    "mixup_drw": _spec(mixup.Mixup, _IMBALANCED_DL_DRW),
-    "remix": _spec(mixup.Mixup, _criterion(), label_rule="remix"),
-    "remix_drw": _spec(mixup.Mixup, _IMBALANCED_DL_DRW, label_rule="remix"),
-    "mamix": _spec(mixup.Mixup, _criterion(), label_rule="mamix"),
-    "mamix_drw": _spec(mixup.Mixup, _IMBALANCED_DL_DRW, label_rule="mamix"),
-    "smote_mix": _spec(mixup.Mixup, _criterion(), pairing="smote"),
-    "smote_mix_drw": _spec(mixup.Mixup, _IMBALANCED_DL_DRW, pairing="smote"),
-    "neighbor_mix": _spec(mixup.Mixup, _criterion(), pairing="neighbor"),
-    "neighbor_mix_drw": _spec(mixup.Mixup, _IMBALANCED_DL_DRW, pairing="neighbor"),
-    "lobm": _spec(lobm.LOBM, _criterion()),
-    "lobm_star": _spec(lobm.LOBM, _criterion(),
-                       defer_epoch=lambda n: common.scaled_epoch(n, 160, 200)),
-    "sbn_mix": _spec(bilateral.SBNMix),
-    "dbn_mix": _spec(bilateral.DBNMix),
-    "cp_mix": _spec(cp_mix.CPMix, stage2_epoch=lambda n: common.scaled_epoch(n, 200, 300)),
-    "otmix": _spec(otmix.OTmix, _criterion()),
-    "otmix_drw": _spec(otmix.OTmix, _criterion(drw=_DRW_240)),
-    "otmix_balms": _spec(otmix.OTmix, _criterion("balanced_softmax")),
-    "otmix_ldam": _spec(otmix.OTmix, _criterion("ldam", _DRW_240)),
+# name -> (recipe class, structural kwargs: recipe or Criterion fields).
+_REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {
+    "erm": (erm.ERM, {}),
+    "drw": (erm.ERM, {}),
+    "ldam_drw": (erm.ERM, {"kind": "ldam"}),
+    "balanced_softmax": (erm.ERM, {"kind": "balanced_softmax"}),
+    "cmo": (otmix.OTmix, {"ot": False}),
+    "mixup": (mixup.Mixup, {}),
+    "mixup_drw": (mixup.Mixup, {}),
+    "remix": (mixup.Mixup, {"label_rule": "remix"}),
+    "remix_drw": (mixup.Mixup, {"label_rule": "remix"}),
+    "mamix": (mixup.Mixup, {"label_rule": "mamix"}),
+    "mamix_drw": (mixup.Mixup, {"label_rule": "mamix"}),
+    "smote_mix": (mixup.Mixup, {"pairing": "smote"}),
+    "smote_mix_drw": (mixup.Mixup, {"pairing": "smote"}),
+    "neighbor_mix": (mixup.Mixup, {"pairing": "neighbor"}),
+    "neighbor_mix_drw": (mixup.Mixup, {"pairing": "neighbor"}),
+    "lobm": (lobm.LOBM, {}),
+    "lobm_star": (lobm.LOBM, {}),
+    "sbn_mix": (bilateral.SBNMix, {}),
+    "dbn_mix": (bilateral.DBNMix, {}),
+    "cp_mix": (cp_mix.CPMix, {}),
+    "otmix": (otmix.OTmix, {}),
+    "otmix_drw": (otmix.OTmix, {}),
+    "otmix_balms": (otmix.OTmix, {"kind": "balanced_softmax"}),
+    "otmix_ldam": (otmix.OTmix, {"kind": "ldam"}),
 }
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
 _CRITERION_FIELDS = tuple(f.name for f in dataclasses.fields(criteria.Criterion))
 
 
+def _check_protocols() -> None:
+  """Every registered method has a protocol table entry, and nothing else has one."""
+  missing = sorted(set(METHODS) - set(protocols.PROTOCOLS))
+  extra = sorted(set(protocols.PROTOCOLS) - set(METHODS))
+  if missing or extra:
+    raise ImportError(f"ltjax.methods.protocols is out of step with the registry: methods "
+                      f"without a protocol {missing}, protocols without a method {extra}.")
+
+
+_check_protocols()
+
+
 def _field_names(cls: type) -> tuple[str, ...]:
   return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("name", "branches"))
 
 
-def get_recipe(name: str, *, num_epochs: int, **overrides: Any) -> recipe.Recipe:
-  """The recipe `name` with its paper defaults for a `num_epochs`-epoch run.
+def get_recipe(name: str, *, num_epochs: int, protocol: str = "paper",
+               **overrides: Any) -> recipe.Recipe:
+  """The recipe `name` with its protocol's defaults for a `num_epochs`-epoch run.
 
   Args:
     name: one of `METHODS`.
-    num_epochs: length of the run (epoch-dependent defaults are rescaled to it).
+    num_epochs: length of the run (the protocol's epoch-valued defaults are rescaled to it).
+    protocol: "paper" (default) or "code": whose hyperparameters are the defaults.
     **overrides: recipe fields, or Criterion fields for recipes with a criterion.
 
   Returns:
     A frozen Recipe whose `name` is `name`.
 
   Raises:
-    ValueError: unknown name, unknown hyperparameter or invalid value.
+    ValueError: unknown name or protocol, unknown hyperparameter or invalid value.
   """
   if name not in _REGISTRY:
     raise ValueError(f"Unknown method {name!r}; valid methods: {', '.join(METHODS)}.")
-  cls, defaults = _REGISTRY[name]
-  kwargs = defaults(num_epochs)
+  cls, structure = _REGISTRY[name]
+  defaults = protocols.rescale(protocols.get_protocol(name, protocol), num_epochs)["recipe"]
   fields = _field_names(cls)
   has_criterion = "criterion" in fields
   valid = fields + (_CRITERION_FIELDS if has_criterion else ())
-  unknown = sorted(set(overrides) - set(valid))
+  unknown = sorted((set(structure) | set(defaults) | set(overrides)) - set(valid))
   if unknown:
     raise ValueError(f"Unknown hyperparameters {unknown} for method {name!r}; valid: "
                      f"{', '.join(valid)}.")
-  criterion_overrides = {k: v for k, v in overrides.items() if k in _CRITERION_FIELDS
-                         and k not in fields}
-  kwargs.update({k: v for k, v in overrides.items() if k not in criterion_overrides})
-  if criterion_overrides:
-    kwargs["criterion"] = dataclasses.replace(kwargs["criterion"], **criterion_overrides)
+  kwargs = {k: v for k, v in {**structure, **defaults, **overrides}.items() if k in fields}
+  if has_criterion:
+    criterion = overrides.get("criterion") or criteria.Criterion(**_criterion_fields(
+        {**structure, **defaults}, fields))
+    kwargs["criterion"] = dataclasses.replace(criterion, **_criterion_fields(overrides, fields))
   return cls(name=name, **kwargs)
+
+
+def _criterion_fields(kwargs: dict[str, Any], recipe_fields: tuple[str, ...]) -> dict[str, Any]:
+  """The Criterion fields among `kwargs` (a name that is also a recipe field is the recipe's)."""
+  return {k: v for k, v in kwargs.items() if k in _CRITERION_FIELDS and k not in recipe_fields}
 
 
 def _output_keys(model: Any, sample_input: Any) -> frozenset[str]:

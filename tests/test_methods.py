@@ -403,6 +403,18 @@ def test_cp_mix_stage1_is_balanced_softmax_erm_by_default():
   np.testing.assert_allclose(loss2, loss_bs + 2.5 * mix + 2.5 * cp, rtol=1e-5)
 
 
+def test_cp_mix_logit_scale_multiplies_the_logits_of_its_losses():
+  """A scaled cosine classifier (CP-Mix on iNaturalist): every loss sees s * logits."""
+  ctx = make_ctx(jax.random.key(0), epoch=0)
+  loss, _, _, _ = run(methods.CPMix(stage2_epoch=3, logit_scale=4.0), ctx,
+                      {"confusion": jnp.zeros((K, K), jnp.int32)})
+  clean = np.asarray(ctx.clean_indices)
+  np.testing.assert_allclose(loss, np_ce(4.0 * W[clean] + np.log(COUNTS / N), Y[clean]),
+                             rtol=1e-5)
+  ft_loss, _, [(x, _)], _ = run(methods.CPMixFinetune(logit_scale=4.0), ctx)
+  np.testing.assert_allclose(ft_loss, np_ce(4.0 * (x @ W), x @ Y), rtol=1e-5)
+
+
 def test_cp_mix_mix_from_start_adds_the_mix_term_in_stage1_but_no_cp_term():
   recipe_ = methods.CPMix(stage2_epoch=3, mix_label_rule="vanilla", mix_from="start")
   state = {"confusion": jnp.ones((K, K), jnp.int32)}

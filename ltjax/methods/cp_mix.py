@@ -57,6 +57,10 @@ class CPMix(recipe.Recipe):
     mix_from: when the in-batch mixup term starts: "stage2" (default; Appendix B.3: "The
       only difference between our first stage and ERM training is that CP-Mix should
       collect confusion-pairs") or "start" (every epoch, ltjax 0.1's behaviour).
+    logit_scale: s > 0 multiplying the logits in every training loss (1: none). With a
+      normalised (cosine) head this is the scaled cosine classifier that CP-Mix uses on
+      iNaturalist ("a normed layer ... following the literature": LDAM / RIDE, s = 30);
+      like LDAM's s it lives in the loss, and predictions (argmax) do not depend on it.
   """
   name: str = "cp_mix"
   alpha: float = 1.5
@@ -67,12 +71,14 @@ class CPMix(recipe.Recipe):
   cp_batch_size: int | None = None
   mix_label_rule: str = "cpmix"
   mix_from: str = "stage2"
+  logit_scale: float = 1.0
 
   def __post_init__(self):
     _checks.check_positive(self.alpha, "alpha")
     _checks.check_in_range(self.t, "t", 0.0, 1.0)
     _checks.check_positive(self.gamma_cp, "gamma_cp", allow_zero=True)
     _checks.check_positive(self.gamma_mix, "gamma_mix", allow_zero=True)
+    _checks.check_positive(self.logit_scale, "logit_scale")
     if int(self.stage2_epoch) != self.stage2_epoch or self.stage2_epoch < 0:
       raise ValueError(f"stage2_epoch must be a non-negative integer, got "
                        f"{self.stage2_epoch}.")
@@ -109,7 +115,8 @@ class CPMix(recipe.Recipe):
     mixed = mixup.mix_batch(keys["lam"], x_t, y_t, x_m, y_m, ctx.class_counts,
                             alpha=self.alpha, rule=label_rules.get_rule("cpmix", t=self.t))
     outputs, forward = forward(mixed.x)
-    loss = losses.soft_cross_entropy(outputs["logits"], mixed.labels.soft(ctx.num_classes))
+    loss = losses.soft_cross_entropy(self.logit_scale * outputs["logits"],
+                                     mixed.labels.soft(ctx.num_classes))
     draws = {"cp_true": c_t, "cp_confused": c_m, "cp_indices_t": idx_t,
              "cp_indices_m": idx_m, "cp_lam": mixed.lam}
     return loss, forward, draws
@@ -123,7 +130,8 @@ class CPMix(recipe.Recipe):
                             common.take(clean.labels, partner), ctx.class_counts,
                             alpha=self.alpha, rule=self.mix_rule())
     outputs, forward = forward(mixed.x)
-    loss = losses.soft_cross_entropy(outputs["logits"], mixed.labels.soft(ctx.num_classes))
+    loss = losses.soft_cross_entropy(self.logit_scale * outputs["logits"],
+                                     mixed.labels.soft(ctx.num_classes))
     return loss, forward, {"mix_partner": partner, "mix_lam": mixed.lam}
 
   def mix_rule(self) -> label_rules.Rule:
@@ -138,7 +146,8 @@ class CPMix(recipe.Recipe):
     clean = ctx.clean_batch(keys["clean"])
     outputs, forward = forward(clean.x)
     loss_bs = losses.balanced_softmax_loss(
-        outputs["logits"], common.one_hot(clean.labels, ctx.num_classes), ctx.class_counts)
+        self.logit_scale * outputs["logits"], common.one_hot(clean.labels, ctx.num_classes),
+        ctx.class_counts)
     predictions = jnp.argmax(jax.lax.stop_gradient(outputs["logits"]), axis=-1)
     confusion = pairing.confusion_matrix_update(method_state["confusion"], clean.labels,
                                                 predictions)
@@ -187,14 +196,21 @@ class CPMixFinetune(recipe.Recipe):
 
   Defaults (Table 6): 30 epochs, lr 0.5 (CIFAR-100) / 0.1 (CIFAR-10), momentum 0.9, wd 0
   (phase settings of the trainer, not of this recipe).
+
+  Attributes:
+    logit_scale: the main phase's `CPMix.logit_scale` (scaled cosine classifier).
   """
   name: str = "cp_mix_finetune"
+  logit_scale: float = 1.0
+
+  def __post_init__(self):
+    _checks.check_positive(self.logit_scale, "logit_scale")
 
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
     keys = ctx.keys("draw")
     batch = ctx.draw(keys["draw"], samplers.class_balanced_probs(ctx.class_counts))
     outputs, _ = forward._replace(train=False)(batch.x)
-    loss = losses.soft_cross_entropy(outputs["logits"],
+    loss = losses.soft_cross_entropy(self.logit_scale * outputs["logits"],
                                      common.one_hot(batch.labels, ctx.num_classes))
     return loss, recipe.LossOutput(forward, method_state, {}, {"indices": batch.indices})

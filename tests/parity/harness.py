@@ -247,9 +247,11 @@ class Optimiser:
   weight_decay: float = 2e-4
   nesterov: bool = False
 
-  def ltjax(self) -> optax.GradientTransformation:
+  def ltjax(self, trainable: Any = None) -> optax.GradientTransformation:
+    """capture_gradients() then `optim.sgd`; `trainable` is its optional mask (frozen leaves)."""
     return optax.chain(capture_gradients(),
-                       optim.sgd(self.lr, self.momentum, self.nesterov, self.weight_decay))
+                       optim.sgd(self.lr, self.momentum, self.nesterov, self.weight_decay,
+                                 trainable=trainable))
 
   def torch(self, model: torch.nn.Module) -> "torch.optim.SGD":
     return torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
@@ -258,24 +260,32 @@ class Optimiser:
 
 @dataclasses.dataclass
 class LtjaxRun:
-  """One ltjax training run on the parity dataset, stepped by hand."""
+  """One ltjax training run on the parity dataset, stepped by hand.
+
+  `trainable` (an `optim.sgd` mask, e.g. `optim.path_mask(("head",))`) and
+  `train_batch_stats=False` build a frozen-backbone phase as experiments/runner.py does;
+  `tx` is the ltjax optimiser, e.g. for `state_lib.start_phase`.
+  """
   recipe: recipe_lib.Recipe
   model_name: str = "small_cnn"
   seed: int = 0
   num_epochs: int = 10
   optimiser: Optimiser = Optimiser()
   images: np.ndarray = dataclasses.field(default_factory=lambda: IMAGES)
+  trainable: Any = None
+  train_batch_stats: bool = True
 
   def __post_init__(self):
     self.model = get_model(self.model_name, K, head=self.recipe.head, widths=WIDTHS)
     self.data = device_data(self.images)
-    tx = self.optimiser.ltjax()
+    self.tx = tx = self.optimiser.ltjax(self.trainable)
     self.state = state_lib.create_state(
         self.model, self.recipe, tx, jnp.zeros((1, HW, HW, CHANNELS)),
         state_lib.run_keys(self.seed).init, COUNTS)
     self._step = jax.jit(loop.make_train_step(
         self.recipe, self.model.apply, tx, batch_size=BATCH, num_epochs=self.num_epochs,
-        augment_fn=None, normalize_fn=normalize, seed=self.seed))
+        augment_fn=None, normalize_fn=normalize, seed=self.seed,
+        train_batch_stats=self.train_batch_stats))
 
   def step(self, epoch: int, indices: np.ndarray) -> tuple[dict, dict]:
     """One engine step; returns (metrics, draws) as numpy."""

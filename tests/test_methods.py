@@ -483,22 +483,29 @@ def test_otmix_pairs_are_row_argmax_of_the_plan():
   assert clear.sum() >= B // 2
 
 
-def test_otmix_uses_ot_with_probability_t_over_T():
-  recipe_ = methods.get_recipe("otmix", num_epochs=10)
+@pytest.mark.parametrize("gate,prob", [
+    ("paper", lambda e: (e + 1) / 10),  # y ~ Bernoulli((t / T)^mu), t = e + 1 (sec. 3.3)
+    ("code", lambda e: e / 10),  # np.random.binomial(1, (epoch / epochs) ** u), 0-based
+])
+def test_otmix_uses_ot_with_probability_t_over_T(gate, prob):
+  recipe_ = methods.get_recipe("otmix", num_epochs=10, ot_gate=gate)
   data = make_data()
   evaluate = lambda x: {"logits": jnp.zeros((x.shape[0], K)), "features": jnp.zeros((x.shape[0], 2))}
   state0 = recipe_.init_state(jnp.asarray(COUNTS))
 
   @jax.jit
-  def gate(key, epoch):
+  def gate_fn(key, epoch):
     state = recipe_.begin_epoch(state0, epoch, data, evaluate, key)
     return recipe_.uses_ot(state, epoch, 10)
 
   keys = jax.random.split(jax.random.key(0), 2000)
   for epoch in (0, 3, 9):
-    used = int(jax.vmap(lambda k: gate(k, epoch))(keys).sum())
-    p = (epoch + 1) / 10
-    assert stats.binomtest(used, 2000, p).pvalue > 1e-3 if p < 1 else used == 2000
+    used = int(jax.vmap(lambda k: gate_fn(k, epoch))(keys).sum())
+    p = prob(epoch)
+    if p in (0, 1):
+      assert used == 2000 * p
+    else:
+      assert stats.binomtest(used, 2000, p).pvalue > 1e-3
 
 
 def test_otmix_confusion_from_balanced_training_subset():

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ltjax import methods
 from parity import harness
@@ -160,24 +161,18 @@ def test_temperatures_match_paper_and_code_formulas():
   assert temperatures("code")[-1] > temperatures("paper")[-1] * 1.05
 
 
-def test_dbn_mix_default_joint_trunk_matches_paper_step():
-  """ltjax defaults: paper T and CE; trunk once on concat([x_c, x_r]) (ltjax's choice)."""
-  recipe = methods.get_recipe("dbn_mix", num_epochs=10)
-  assert (recipe.temperature, recipe.loss_form) == ("paper", "ce")
+@pytest.mark.parametrize("options,reference", [
+    # ltjax defaults: paper T and CE; the trunk once on concat([x_c, x_r]) (ltjax's choice).
+    ({}, ("paper", "ce", "joint")),
+    # soony1213/DBN-Mix: code T, binary loss, the trunk once per batch (x_c first).
+    ({"temperature": "code", "loss_form": "binary", "trunk": "separate"},
+     ("code", "binary", "separate")),
+], ids=["paper", "code"])
+def test_dbn_mix_matches_reference_step(options, reference):
+  recipe = methods.get_recipe("dbn_mix", num_epochs=10, **options)
+  assert (recipe.temperature, recipe.loss_form, recipe.trunk) == reference
   run = harness.LtjaxRun(recipe, model_name="dual_small_cnn")
-  model = harness.TorchDualSmallCNN()
-  draws = harness.replay(run, model, dbn_step("paper", "ce", "joint"), schedule())
-  check_draws(draws)
-  check_inference(run)
-
-
-def test_dbn_mix_code_protocol_matches_reference_step():
-  """Code T, binary loss, trunk once per batch (x_c first), as in soony1213/DBN-Mix."""
-  recipe = methods.get_recipe("dbn_mix", num_epochs=10, temperature="code",
-                              loss_form="binary", trunk="separate")
-  run = harness.LtjaxRun(recipe, model_name="dual_small_cnn")
-  model = harness.TorchDualSmallCNN()
-  draws = harness.replay(run, model, dbn_step("code", "binary", "separate"), schedule())
+  draws = harness.replay(run, harness.TorchDualSmallCNN(), dbn_step(*reference), schedule())
   check_draws(draws)
   check_inference(run)
 

@@ -315,3 +315,36 @@ def test_protocol_is_recorded():
   assert paper["name"] == "paper" and "protocol=code" in paper["reproduces"]
   with pytest.raises(ValueError, match="valid protocols: paper, code"):
     config("cifar10_lt", "method=erm,protocol=folklore")
+
+
+# ----------------------------------------------------------------- every field on the command line
+
+def test_every_recipe_hyperparameter_is_in_the_config():
+  for name in methods.METHODS:
+    cfg = config("cifar10_lt", f"method={name}")
+    rcp = runner.build_recipe(cfg)
+    assert set(cfg.recipe) == set(methods.hyperparameters(rcp)), name
+    for field, (value, _) in methods.hyperparameters(rcp).items():
+      assert cfg.recipe[field] == value or (value is None and cfg.recipe[field] is None), field
+
+
+def test_recipe_fields_are_set_by_flags_including_none_ones():
+  """ltjax 0.1's joint normalisation of mixup-DRW stays a config flag away; None fields
+  (CP-Mix's B', OTmix's mix_window) are typed placeholders that flags can set."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+
+  def parse(arg, *argv):  # as experiments.train parses its command line
+    argv = ["prog", f"--config={os.path.join(CONFIGS, 'cifar10_lt.py')}:{arg}", *argv]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+    values(argv)
+    return runner.build_recipe(values.config)
+
+  mixup = parse("method=mixup_drw", "--config.recipe.label_form=soft",
+                "--config.recipe.reduction=normalized")
+  assert (mixup.criterion.label_form, mixup.criterion.reduction) == ("soft", "normalized")
+  assert parse("method=cp_mix", "--config.recipe.cp_batch_size=32").cp_batch_size == 32
+  otmix = parse("method=otmix", "--config.recipe.mix_window=(3, 3)",
+                "--config.recipe.mix_prob=0.5")
+  assert (tuple(otmix.mix_window), otmix.mix_prob) == ((3, 3), 0.5)

@@ -38,6 +38,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from ltjax import methods as ltmethods
 from ltjax.methods import protocols
 
 Nested = dict[str, Any]
@@ -185,8 +186,31 @@ def make_config(arg: str | None, *, dataset: Nested, base: Nested | None = None,
     config = protocols.merge(config, {k: v for k, v in quick_cfg.items() if k != "num_epochs"})
   elif args.epochs or default_epochs:
     config = protocols.rescale(config, args.epochs or default_epochs)
+  config["recipe"] = resolved_recipe(args.method, args.protocol, config["num_epochs"],
+                                     config.get("recipe", {}))
   config["arg"] = arg or ""
   return ml_collections.ConfigDict(config)
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}
+
+
+def resolved_recipe(method: str, protocol: str, num_epochs: int,
+                    recipe: Mapping[str, Any]) -> dict[str, Any]:
+  """Every hyperparameter of the method's recipe and criterion, resolved for this run.
+
+  The config lists them all, so each is recorded in config.json and can be set with
+  `--config.recipe.NAME=VALUE` (e.g. `--config.recipe.label_form=soft`). A field whose
+  value is None becomes a typed `ml_collections` placeholder, which flags can set.
+  """
+  rcp = ltmethods.get_recipe(method, num_epochs=num_epochs, protocol=protocol, **recipe)
+  out = {}
+  for name, (value, annotation) in ltmethods.hyperparameters(rcp).items():
+    if value is None:
+      value = ml_collections.config_dict.placeholder(
+          _TYPES[annotation.split("[")[0].split("|")[0].strip()])
+    out[name] = value
+  return out
 
 
 def per_method(*rules: tuple[tuple[str, ...], Nested]) -> dict[str, Nested]:

@@ -15,8 +15,8 @@ from ltjax.methods.lobm import LOBM
 from ltjax.methods.mixup import Mixup
 from ltjax.methods.otmix import OTmix
 from ltjax.methods.protocols import PROTOCOLS, get_protocol
-from ltjax.methods.registry import METHODS, check_compatible, get_recipe
+from ltjax.methods.registry import METHODS, check_compatible, get_recipe, hyperparameters
 
 __all__ = ["CPMix", "CPMixFinetune", "Criterion", "DBNMix", "ERM", "LOBM", "METHODS",
            "Mixup", "OTmix", "PROTOCOLS", "SBNMix", "check_compatible", "get_protocol",
-           "get_recipe"]
+           "get_recipe", "hyperparameters"]

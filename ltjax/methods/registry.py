@@ -108,6 +108,23 @@ def get_recipe(name: str, *, num_epochs: int, protocol: str = "paper",
   return cls(name=name, **kwargs)
 
 
+def hyperparameters(recipe_: recipe.Recipe) -> dict[str, tuple[Any, str]]:
+  """Every overridable hyperparameter of a recipe and of its Criterion, with its type.
+
+  `get_recipe(recipe_.name, num_epochs=..., **{k: v for k, (v, _) in ...items()})` rebuilds
+  `recipe_`. Returns {field: (value, annotation)}, the annotation as written in the
+  dataclass (e.g. "int | None"), so that a config can declare a None field's type.
+  """
+  def fields_of(obj: Any, skip: tuple[str, ...]) -> dict[str, tuple[Any, str]]:
+    return {f.name: (getattr(obj, f.name), str(f.type)) for f in dataclasses.fields(obj)
+            if f.name not in skip}
+  values = fields_of(recipe_, ("name", "branches", "criterion"))
+  criterion = getattr(recipe_, "criterion", None)
+  if criterion is not None:
+    values.update({k: v for k, v in fields_of(criterion, ()).items() if k not in values})
+  return values
+
+
 def _criterion_fields(kwargs: dict[str, Any], recipe_fields: tuple[str, ...]) -> dict[str, Any]:
   """The Criterion fields among `kwargs` (a name that is also a recipe field is the recipe's)."""
   return {k: v for k, v in kwargs.items() if k in _CRITERION_FIELDS and k not in recipe_fields}

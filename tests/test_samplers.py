@@ -124,6 +124,13 @@ def test_epoch_permutation():
   full = np.asarray(samplers.epoch_permutation(jax.random.key(1), 96, 8)).ravel()
   np.testing.assert_array_equal(np.sort(full), np.arange(96))
   np.testing.assert_array_equal(grid, samplers.epoch_permutation(jax.random.key(0), 100, 8))
+  # A shuffle: the documented rows of jax.random.permutation, and a uniform position law
+  # (every index equally likely in the first batch over many keys).
+  want = np.asarray(jax.random.permutation(jax.random.key(0), 100))[:96].reshape(12, 8)
+  np.testing.assert_array_equal(grid, want)
+  firsts = np.concatenate([np.asarray(samplers.epoch_permutation(jax.random.key(k), 20, 4))[0]
+                           for k in range(500)])
+  assert stats.chisquare(np.bincount(firsts, minlength=20)).pvalue > P_MIN
 
 
 def test_build_class_index_layout():

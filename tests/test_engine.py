@@ -22,7 +22,7 @@ from ltjax import methods, mixing
 from ltjax import recipe as recipe_lib
 from ltjax import training
 from ltjax.models import get_model
-from ltjax.training import optim
+from ltjax.training import optim, trainer
 
 K, N, B, SEED = 4, 40, 8, 7
 LABELS = (np.arange(N) % K).astype(np.int32)
@@ -132,3 +132,44 @@ def test_resume_inside_the_fine_tuning_phase_is_bit_identical(tmp_path):
   jax.tree.map(same, full.state.batch_stats, cut.state.batch_stats)
   assert not np.array_equal(full.state.params["head"]["fc"]["kernel"],
                             cut.state.params["head"]["fc"]["kernel"])
+
+
+def test_step_context_sub_keys_are_distinct_fold_ins_by_position():
+  key = jax.random.key(5)
+  ctx = recipe_lib.StepContext(key=key, step=jnp.int32(0), epoch=jnp.int32(0), num_epochs=1,
+                               batch_size=B, clean_indices=jnp.arange(B), data=data(),
+                               load=None)
+  keys = ctx.keys("clean", "pair", "lam")
+  raw = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys.values()]
+  assert len(set(raw)) == 3
+  for i, k in enumerate(keys.values()):
+    np.testing.assert_array_equal(jax.random.key_data(k),
+                                  jax.random.key_data(jax.random.fold_in(key, i)))
+
+
+class EpochLog:
+  def __init__(self):
+    self.rows = []
+
+  def on_epoch_end(self, epoch, train, evaluated):
+    self.rows.append((epoch, train["epoch"], train["step"]))
+
+
+def test_fit_gives_each_phase_its_local_epoch_and_the_global_step():
+  log = EpochLog()
+  phases = [training.Phase(Probe(), 2, optim.sgd(0.05)), training.Phase(Probe(), 2, optim.sgd(0.05))]
+  training.fit(get_model("small_cnn", K, widths=(4,)), phases, data(), batch_size=B,
+               seed=SEED, normalize_fn=normalize, progress=False, loop="steps",
+               callbacks=[log])
+  steps = N // B
+  assert [r[0] for r in log.rows] == [0, 1, 2, 3]  # global epochs
+  assert [r[1] for r in log.rows] == [0, 1, 0, 1]  # the recipe sees its phase's epoch
+  # The epoch mean of the global step: steps continue across the phase boundary.
+  assert [r[2] for r in log.rows] == [e * steps + (steps - 1) / 2 for e in range(4)]
+
+
+def test_best_evaluation_is_the_highest_top1_not_the_last():
+  progress = trainer._Progress()  # pylint: disable=protected-access
+  for epoch, top1 in enumerate([0.5, None, 0.7, 0.6]):
+    progress.record(epoch, {"loss": 1.0}, None if top1 is None else {"top1": top1})
+  assert (progress.best_epoch, progress.best["top1"], progress.final["top1"]) == (2, 0.7, 0.6)

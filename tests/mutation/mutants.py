@@ -28,6 +28,7 @@ MIXING = ("tests/test_mixing.py",)
 PAIRING = ("tests/test_pairing.py",)
 METRICS = ("tests/test_metrics.py",)
 METHODS = ("tests/test_methods.py",)
+CP_MIX = METHODS + ("tests/parity/test_parity_cp_mix.py",)
 ENGINE = ("tests/test_engine.py", "tests/test_training.py")
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -164,15 +165,15 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- methods
     Mutant("cp_mix_stage2_off_by_one", "ltjax/methods/cp_mix.py",
            "stage2 = ctx.epoch >= self.stage2_epoch", "stage2 = ctx.epoch > self.stage2_epoch",
-           METHODS, "CP-Mix stage 2 starts one epoch late"),
+           CP_MIX, "CP-Mix stage 2 starts one epoch late"),
     Mutant("cp_mix_predictions_from_mixed", "ltjax/methods/cp_mix.py",
            "confusion = pairing.confusion_matrix_update(method_state[\"confusion\"], clean.labels,\n"
            "                                                predictions)",
-           "confusion = method_state[\"confusion\"]", METHODS,
+           "confusion = method_state[\"confusion\"]", CP_MIX,
            "CP-Mix never collects confusion pairs"),
     Mutant("cp_mix_cp_batch_vanilla_labels", "ltjax/methods/cp_mix.py",
            'alpha=self.alpha, rule=label_rules.get_rule("cpmix", t=self.t))',
-           "alpha=self.alpha, rule=label_rules.vanilla)", METHODS,
+           "alpha=self.alpha, rule=label_rules.vanilla)", CP_MIX,
            "the CP batch uses vanilla labels"),
     Mutant("lobm_second_side_same_key", "ltjax/methods/lobm.py",
            "return ctx.draw(key_a, probs), ctx.draw(key_b, probs)",
@@ -222,7 +223,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "a new phase reuses the previous optimiser state"),
     Mutant("best_epoch_not_best", "ltjax/training/trainer.py",
            'if self.best is None or evaluated["top1"] > self.best["top1"]:',
-           "if True:", ("tests/test_training.py",), "best = last evaluation"),
+           "if True:", ENGINE, "best = last evaluation"),
     Mutant("resume_phase_epoch_offset", "ltjax/training/trainer.py",
            "state, step_metrics = train_epoch(state, epoch - first)",
            "state, step_metrics = train_epoch(state, epoch)", ENGINE,

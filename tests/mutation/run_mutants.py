@@ -9,14 +9,16 @@ occur exactly once) in a scratch copy of the repository, then runs the tests tha
 catch it (`python -m pytest -x -q -p no:cacheprovider <tests>`, with the scratch copy first
 on the path). A mutant is *killed* when those tests fail, *survived* when they pass, and
 *stale* when its snippet is no longer in the file (the code moved on: update the mutant).
-The results go to tests/mutation/RESULTS.md (score, per-mutant outcome and time) next to
-the equivalence arguments kept in `mutants.EQUIVALENT`.
+Outcomes are kept per mutant in tests/mutation/results.json (a run with `--only` updates
+just those mutants), and tests/mutation/RESULTS.md is written from it: score, per-mutant
+outcome and time, and the equivalence arguments kept in `mutants.EQUIVALENT`.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import pathlib
 import shutil
@@ -74,10 +76,12 @@ def main() -> None:
   parser.add_argument("--only", default="", help="comma-separated mutant names")
   parser.add_argument("--timeout", type=int, default=900, help="seconds per mutant")
   parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+  parser.add_argument("--record", default=str(HERE / "results.json"))
   args = parser.parse_args()
   chosen = [m for m in mutant_list.MUTANTS
             if not args.only or m.name in args.only.split(",")]
-  rows = []
+  record_path = pathlib.Path(args.record)
+  record = json.loads(record_path.read_text()) if record_path.exists() else {}
   with tempfile.TemporaryDirectory(prefix="ltjax-mutants-") as tmp:
     pristine = pathlib.Path(tmp) / "pristine"
     scratch_copy(pristine)
@@ -92,13 +96,19 @@ def main() -> None:
         outcome = "killed" if failed else "survived"
       seconds = time.perf_counter() - start
       shutil.rmtree(dest)
-      rows.append((mutant, outcome, seconds, detail))
+      record[mutant.name] = {"outcome": outcome, "seconds": round(seconds, 1),
+                             "detail": detail,
+                             "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}"}
+      record_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
       print(f"[{i + 1}/{len(chosen)}] {outcome:8s} {seconds:6.1f}s {mutant.name}", flush=True)
+  rows = [(m, record[m.name]["outcome"], record[m.name]["seconds"], record[m.name]["detail"])
+          if m.name in record else (m, "not run", 0.0, "")
+          for m in mutant_list.MUTANTS]
   write_results(pathlib.Path(args.out), rows, " ".join(sys.argv))
 
 
 def write_results(path: pathlib.Path, rows, command: str) -> None:
-  live = [r for r in rows if r[1] != "stale"]
+  live = [r for r in rows if r[1] in ("killed", "survived")]
   killed = sum(r[1] == "killed" for r in live)
   equivalent = [r for r in live if r[1] == "survived" and r[0].name in mutant_list.EQUIVALENT]
   score = (killed + len(equivalent)) / max(len(live), 1)
@@ -106,10 +116,11 @@ def write_results(path: pathlib.Path, rows, command: str) -> None:
       "# Mutation testing results",
       "",
       f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-      f"- command: `{command}`",
-      f"- mutants: {len(rows)} ({len(live)} applied, {len(rows) - len(live)} stale)",
+      f"- last command: `{command}`",
+      f"- mutants: {len(rows)} ({len(live)} run, "
+      f"{sum(r[1] == 'stale' for r in rows)} stale, {sum(r[1] == 'not run' for r in rows)} not run)",
       f"- killed: {killed}; survived but argued equivalent: {len(equivalent)}; "
-      f"score (killed + equivalent) / applied: {100 * score:.1f} %",
+      f"score (killed + equivalent) / run: {100 * score:.1f} %",
       "",
       "| mutant | file | outcome | s | what it breaks | last line |",
       "|---|---|---|---|---|---|",

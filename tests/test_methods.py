@@ -622,3 +622,28 @@ def test_check_compatible():
   with pytest.raises(ValueError, match="normalised"):
     methods.check_compatible(get("ldam_drw"), single)
   methods.check_compatible(get("ldam_drw"), models_lib.small_cnn(K, head="normalized"))
+
+
+# ----------------------------------------------------------------------------- draw laws
+
+def drawn_classes(recipe_, name, draws=300):
+  """Classes of the dataset indices `name` that `recipe_` drew over `draws` steps."""
+  out = [run(recipe_, make_ctx(jax.random.key(seed))).out.draws[name] for seed in range(draws)]
+  return LABELS[np.concatenate([np.asarray(d) for d in out])]
+
+
+@pytest.mark.parametrize("r", [1.0, 0.0])
+def test_otmix_foreground_follows_its_inverse_power_law(r):
+  """OTmix eq. 3: P(class k) ~ n_k^-r for the foreground batch (r = 0: class-balanced)."""
+  classes = drawn_classes(methods.OTmix(ot=False, r=r), "indices_fore")
+  law = COUNTS.astype(np.float64) ** -r
+  observed = np.bincount(classes, minlength=K)
+  assert stats.chisquare(observed, observed.sum() * law / law.sum()).pvalue > 1e-3
+
+
+def test_bilateral_reverse_batch_is_class_balanced_and_uniform_batch_is_the_clean_one():
+  recipe_ = methods.get_recipe("sbn_mix", num_epochs=10)
+  observed = np.bincount(drawn_classes(recipe_, "indices_v"), minlength=K)
+  assert stats.chisquare(observed).pvalue > 1e-3
+  ctx = make_ctx(jax.random.key(0))
+  np.testing.assert_array_equal(run(recipe_, ctx).out.draws["indices_u"], ctx.clean_indices)

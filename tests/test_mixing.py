@@ -137,7 +137,17 @@ def test_cutmix_per_batch_pastes_one_box_and_recomputes_lambda():
   back, fore = _back_fore()
   key = jax.random.key(7)
   mixed, lam_back = mixing.cutmix(key, back, fore, 0.6)
-  y0, y1, x0, x1 = map(int, mixing.cutmix_box(key, 0.6, 12, 10))
+  # The pasted region, read off the output (every foreground pixel differs): one
+  # axis-aligned box shared by the batch, of side floor(H sqrt(1 - lam)) x floor(W ...)
+  # unless clipped at the border (Yun et al. 2019).
+  pasted = np.asarray(mixed == fore).all(axis=-1)
+  assert (pasted == pasted[0]).all()
+  rows, cols = np.flatnonzero(pasted[0].any(1)), np.flatnonzero(pasted[0].any(0))
+  y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+  assert pasted[0, y0:y1, x0:x1].all() and pasted[0].sum() == (y1 - y0) * (x1 - x0)
+  side_h, side_w = int(12 * np.sqrt(0.4)), int(10 * np.sqrt(0.4))
+  assert y1 - y0 == side_h or y0 == 0 or y1 == 12
+  assert x1 - x0 == side_w or x0 == 0 or x1 == 10
   want = back.copy()
   want[:, y0:y1, x0:x1] = fore[:, y0:y1, x0:x1]
   np.testing.assert_array_equal(mixed, want)

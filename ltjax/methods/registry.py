@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import recipe
-from ltjax.models import dual_branch
+from ltjax.models import registry as model_registry
 from ltjax.methods import bilateral, cp_mix, criteria, erm, lobm, mixup, otmix, protocols
 
 # name -> (recipe class, structural kwargs: recipe or Criterion fields).
@@ -146,7 +146,7 @@ def check_compatible(recipe_: recipe.Recipe, model: Any, sample_input: Any = Non
   a model that returns "features"; LDAM (`head="normalized"`) needs the normalised head.
   With `sample_input` (a (B, H, W, C) batch) the outputs are read from an abstract
   evaluation of the model; without it, a model is dual-branch iff it is a
-  `DualBranchNet` and exposes features (every ltjax model does).
+  `DualBranchNet` (also inside `MixedPrecision`) and exposes features (every ltjax model does).
 
   Args:
     recipe_: a Recipe.
@@ -154,7 +154,7 @@ def check_compatible(recipe_: recipe.Recipe, model: Any, sample_input: Any = Non
     sample_input: optional input batch of the right shape (values unused).
   """
   if sample_input is None:
-    dual = isinstance(model, dual_branch.DualBranchNet)
+    dual = model_registry.is_dual_branch(model)
     keys = {"logits", "features"} | ({"logits_c", "logits_r"} if dual else set())
   else:
     keys = _output_keys(model, jnp.asarray(sample_input, jnp.float32))

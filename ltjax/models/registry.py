@@ -8,6 +8,9 @@
 | mlp             | MLP                                             | (B, D) toy data  |
 | dual_resnet32   | dual-branch ResNet-32 (layout="stage"/"block")  | 32x32 CIFAR      |
 | dual_small_cnn  | dual-branch SmallCNN                            | 8x8 .. 32x32     |
+
+`dtype="bfloat16"` wraps the model in `precision.MixedPrecision`: float32 parameters,
+bfloat16 compute, float32 outputs.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any, Callable
 
 from flax import linen as nn
 
-from ltjax.models import dual_branch, heads, resnet_cifar, resnet_imagenet, small
+from ltjax.models import dual_branch, heads, precision, resnet_cifar, resnet_imagenet, small
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet32": resnet_cifar.resnet32,
@@ -30,27 +33,34 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def get_model(name: str, num_classes: int, head: str = "linear", **kwargs: Any) -> nn.Module:
+def get_model(name: str, num_classes: int, head: str = "linear", dtype: str = "float32",
+              **kwargs: Any) -> nn.Module:
   """The model `name` with `num_classes` outputs and the given head.
 
   Args:
     name: a key of MODELS.
     num_classes: K (>= 1).
     head: "linear", "linear_nobias" or "normalized".
+    dtype: compute dtype: "float32" (default), or "bfloat16" / "float16" for mixed
+      precision (`precision.MixedPrecision`; parameters and outputs stay float32).
     **kwargs: model options (layout= for dual models, widths= for small_cnn and
       dual_small_cnn, hidden= for mlp).
 
   Raises:
-    ValueError: for an unknown name or head, or num_classes < 1.
+    ValueError: for an unknown name, head or dtype, or num_classes < 1.
   """
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}.")
   if num_classes < 1:
     raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
   heads.check_head(head)
-  return MODELS[name](num_classes, head=head, **kwargs)
+  low = precision.compute_dtype(dtype)
+  model = MODELS[name](num_classes, head=head, **kwargs)
+  return model if dtype == "float32" else precision.MixedPrecision(model, low)
 
 
 def is_dual_branch(model: nn.Module) -> bool:
   """True for a dual-branch model (its outputs carry logits_c / logits_r)."""
+  if isinstance(model, precision.MixedPrecision):
+    model = model.model
   return isinstance(model, dual_branch.DualBranchNet)

@@ -9,8 +9,12 @@ The primitives are pure functions grouped by concept:
 - `ltjax.losses`, `ltjax.metrics`, `ltjax.augment`.
 
 Heavier pieces load on first access: `ltjax.models` (Flax), `ltjax.training` (optax,
-orbax), `ltjax.methods` (the recipes), `ltjax.data` (datasets, grain), `ltjax.reporting`
-and `ltjax.plots` (matplotlib).
+orbax), `ltjax.methods` (the recipes), `ltjax.data` (datasets), `ltjax.reporting` and
+`ltjax.plots` (matplotlib). Optional or slow dependencies load only where they are used:
+ott-jax with the first OT solve (`ltjax.pairing`), scikit-learn with the digits dataset,
+grain (the `grain` extra) with `ltjax.data.pipeline`.
+
+`__version__` is the package's one version number (pyproject.toml reads it).
 """
 
 import importlib

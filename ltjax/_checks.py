@@ -1,8 +1,9 @@
 """Input validation shared by every ltjax module.
 
-Static properties (shapes, hyperparameters) are checked at trace time. Value checks
-(labels in range, non-empty classes) need concrete arrays: they run when the input
-is concrete and are skipped under `jit`, where the values are not known yet.
+Static properties (shapes, hyperparameters) are checked at trace time, so they also run
+under `jit`. Value checks (labels in range, non-empty classes) need concrete arrays: they
+run when the input is concrete and are skipped under `jit`, where the values are not known
+yet. Shape checks use chex's assertions and raise ValueError naming the argument.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,10 +86,48 @@ def check_same_leading(name_a: str, a: Any, name_b: str, b: Any) -> None:
                      f"shapes {sa} and {sb}.")
 
 
+def _shape_struct(x: Any) -> jax.ShapeDtypeStruct:
+  """The shape of x (array, tracer, Python scalar or list) as an abstract array for chex."""
+  return jax.ShapeDtypeStruct(jnp.shape(x), jnp.float32)
+
+
 def check_shape(x: Any, shape: tuple[int | None, ...], name: str) -> None:
   """Raises ValueError unless x has the given shape (None matches any size)."""
-  actual = jnp.shape(x)
-  if len(actual) != len(shape) or any(
-      s is not None and s != a for s, a in zip(shape, actual)):
+  try:
+    chex.assert_shape(_shape_struct(x), shape)
+  except AssertionError:
     want = tuple("*" if s is None else s for s in shape)
-    raise ValueError(f"{name} must have shape {want}, got {actual}.")
+    raise ValueError(f"{name} must have shape {want}, got {jnp.shape(x)}.") from None
+
+
+def check_rank(x: Any, rank: int | set[int], name: str, what: str) -> None:
+  """Raises ValueError unless x has the given rank (or one of a set of ranks).
+
+  Args:
+    x: array-like.
+    rank: the allowed rank or set of ranks.
+    name: the argument's name, for the message.
+    what: the expected layout in words, e.g. "(B, H, W, C) images".
+  """
+  try:
+    chex.assert_rank(_shape_struct(x), rank)
+  except AssertionError:
+    raise ValueError(f"{name} must be {what}, got shape {jnp.shape(x)}.") from None
+
+
+def broadcast_shapes(**arrays: Any) -> tuple[int, ...]:
+  """The broadcast shape of the named arrays; ValueError naming them when they do not broadcast.
+
+  Args:
+    **arrays: the arrays by argument name, e.g. `broadcast_shapes(lam=lam, n_a=n_a)`.
+
+  Returns:
+    The shape numpy broadcasting gives them together.
+  """
+  shapes = {name: jnp.shape(x) for name, x in arrays.items()}
+  try:
+    return jnp.broadcast_shapes(*shapes.values())
+  except ValueError:
+    listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+    raise ValueError(f"{', '.join(shapes)} must have broadcast-compatible shapes (scalars or "
+                     f"vectors of one batch size), got {listed}.") from None

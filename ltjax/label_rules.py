@@ -4,7 +4,9 @@ For a pair (x_a, y_a), (x_b, y_b) mixed as x = lam x_a + (1 - lam) x_b, a rule r
 lam_y and the label is y = lam_y y_a + (1 - lam_y) y_b (`ltjax.mixing.mix_labels`).
 `n_a`, `n_b` are the training-set counts of the classes of the two sides. Every rule is
 elementwise: lam is a scalar or (B,), n_a and n_b are (B,) (or scalars), and the result
-broadcasts them. Hyperparameters are Python floats, validated at trace time.
+broadcasts them; shapes that do not broadcast raise a ValueError naming lam, n_a and n_b
+(at trace time, so under `jit` too). Hyperparameters are Python floats, validated at trace
+time.
 
 | rule              | lam_y                                                         | paper            |
 |-------------------|---------------------------------------------------------------|------------------|
@@ -41,18 +43,25 @@ def _lam(lam: ArrayLike) -> jax.Array:
   return _float(lam)
 
 
-def _counts(n_a: ArrayLike, n_b: ArrayLike) -> tuple[jax.Array, jax.Array]:
+def _operands(lam: ArrayLike, n_a: ArrayLike,
+              n_b: ArrayLike) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The float (lam, n_a, n_b) of a rule, validated.
+
+  The shapes must broadcast together (checked at trace time), lam lie in [0, 1] and the
+  counts be positive (both checked when concrete).
+  """
+  _checks.broadcast_shapes(lam=lam, n_a=n_a, n_b=n_b)
+  lam = _lam(lam)
   for name, n in (("n_a", n_a), ("n_b", n_b)):
     if _checks.is_concrete(n) and (np.asarray(n) <= 0).any():
       raise ValueError(f"{name} must be positive class counts, got {np.asarray(n)}.")
-  return _float(n_a), _float(n_b)
+  return lam, _float(n_a), _float(n_b)
 
 
 def vanilla(lam: ArrayLike, n_a: ArrayLike, n_b: ArrayLike) -> jax.Array:
-  """Mixup (Zhang et al. 2018): lam_y = lam. The counts are ignored."""
-  lam = _lam(lam)
-  return jnp.broadcast_to(lam, jnp.broadcast_shapes(lam.shape, jnp.shape(n_a),
-                                                    jnp.shape(n_b)))
+  """Mixup (Zhang et al. 2018): lam_y = lam. The counts are ignored (only their shapes)."""
+  shape = _checks.broadcast_shapes(lam=lam, n_a=n_a, n_b=n_b)
+  return jnp.broadcast_to(_lam(lam), shape)
 
 
 def remix(lam: ArrayLike, n_a: ArrayLike, n_b: ArrayLike, kappa: float = 3.0,
@@ -71,8 +80,7 @@ def remix(lam: ArrayLike, n_a: ArrayLike, n_b: ArrayLike, kappa: float = 3.0,
   """
   _checks.check_in_range(kappa, "kappa", 1.0, math.inf)
   _checks.check_in_range(tau, "tau", 0.0, 1.0)
-  lam = _lam(lam)
-  n_a, n_b = _counts(n_a, n_b)
+  lam, n_a, n_b = _operands(lam, n_a, n_b)
   to_b = (n_a >= kappa * n_b) & (lam < tau)  # n_a / n_b >= kappa, without rounding
   to_a = (kappa * n_a <= n_b) & (1.0 - lam < tau)  # n_a / n_b <= 1 / kappa
   return jnp.where(to_b, 0.0, jnp.where(to_a, 1.0, lam))
@@ -102,8 +110,7 @@ def mamix(lam: ArrayLike, n_a: ArrayLike, n_b: ArrayLike, omega: float = 0.25) -
     omega: margin exponent >= 0 (paper: 0.25, as in LDAM; 0 gives vanilla mixup).
   """
   _checks.check_positive(omega, "omega", allow_zero=True)
-  lam = _lam(lam)
-  n_a, n_b = _counts(n_a, n_b)
+  lam, n_a, n_b = _operands(lam, n_a, n_b)
   m = _mamix_crossover(n_a, n_b, omega)
   upper = 1.0 - 0.5 * (1.0 - lam) / (1.0 - m)
   lower = 0.5 * lam / m
@@ -147,8 +154,7 @@ def cpmix(lam: ArrayLike, n_a: ArrayLike, n_b: ArrayLike, t: float = 0.5) -> jax
     t: trade-off in [0, 1] (paper: 0.5; t = 1 is vanilla mixup).
   """
   _checks.check_in_range(t, "t", 0.0, 1.0)
-  lam = _lam(lam)
-  n_a, n_b = _counts(n_a, n_b)
+  lam, n_a, n_b = _operands(lam, n_a, n_b)
   return t * lam + (1.0 - t) * n_b / (n_a + n_b)
 
 

@@ -126,12 +126,15 @@ def subsample(labels: ArrayLike, counts: ArrayLike, seed: int) -> np.ndarray:
     Sorted (sum(counts),) int64 indices into `labels`.
 
   Raises:
-    ValueError: labels out of range, negative counts, a class with fewer images than
-      requested, or a negative seed.
+    ValueError: labels out of range, negative or all-zero counts, a class with fewer
+      images than requested, or a negative seed.
   """
   labels = np.asarray(labels)
   counts = np.asarray(counts)
   _checks.check_counts(counts, "counts", allow_empty=True)
+  if not counts.any():
+    raise ValueError("counts are all zero: the long-tailed subset would be empty; keep at "
+                     "least one image of some class.")
   _checks.check_labels(labels, counts.shape[0])
   if int(seed) != seed or seed < 0:
     raise ValueError(f"seed must be a non-negative integer, got {seed}.")

@@ -7,7 +7,8 @@
   training, and partner classes drawn from its rows (CP-Mix).
 - Optimal-transport pairs: each foreground image takes the background image with the
   largest entry in its row of an entropic OT plan (OTmix, Gao et al., eq. 4-8), solved
-  with ott-jax's log-domain Sinkhorn.
+  with ott-jax's log-domain Sinkhorn. ott-jax (about 3 s to import) is imported by the
+  first OT solve, not by `import ltjax.pairing`.
 
 All functions are pure and jit-safe (static shapes, scatter-adds, masks).
 """
@@ -20,9 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from ott.geometry import geometry
-from ott.problems.linear import linear_problem
-from ott.solvers.linear import sinkhorn
 
 from ltjax import _checks
 
@@ -272,11 +270,14 @@ def solve_sinkhorn(cost: ArrayLike, epsilon: float = 0.01, max_iterations: int =
   _checks.check_positive(threshold, "threshold")
   if int(max_iterations) < 1:
     raise ValueError(f"max_iterations must be >= 1, got {max_iterations}.")
+  _checks.check_rank(cost, 2, "cost", "a (B, B') matrix")
   cost = jnp.asarray(cost)
-  if cost.ndim != 2:
-    raise ValueError(f"cost must be a (B, B') matrix, got shape {cost.shape}.")
   cost = jax.lax.stop_gradient(cost if jnp.issubdtype(cost.dtype, jnp.inexact)
                                else cost.astype(jnp.float32))
+  # Imported here so that only OT pairing pays ott-jax's import time.
+  from ott.geometry import geometry  # pylint: disable=import-outside-toplevel
+  from ott.problems.linear import linear_problem  # pylint: disable=import-outside-toplevel
+  from ott.solvers.linear import sinkhorn  # pylint: disable=import-outside-toplevel
   geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
   solver = sinkhorn.Sinkhorn(lse_mode=True, threshold=threshold,
                              max_iterations=int(max_iterations))

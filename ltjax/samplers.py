@@ -10,6 +10,13 @@ The draws run under `jit` on the whole dataset, not on the current minibatch.
 | class-balanced     | 1 / K                                        | LOBM (twice), DBN-Mix      |
 | reverse(gamma)     | w_k / sum w, w_k = (n_max / n_k)^(1/gamma)   | BBN / DBN-Mix re-balancing |
 | inverse power(r)   | n_k^-r / sum n^-r                            | OTmix / CMO foreground     |
+
+Invalid inputs raise a ValueError when they are concrete (all-zero counts, negative or
+non-finite probabilities, a positive probability on a class with no samples). Under `jit`
+the values are not known when the function is traced, so nothing can be raised; there the
+class laws of all-zero counts are NaN, `draw_indices` never draws a class with no samples
+or a probability that is not > 0, and every index that cannot be drawn is -1 (mask it
+with `idx >= 0` before gathering: a -1 gather wraps to the last sample).
 """
 
 from __future__ import annotations
@@ -68,46 +75,86 @@ def build_class_index(labels: ArrayLike, num_classes: int,
   return ClassIndex(order=order, starts=starts, counts=counts)
 
 
+def _law_counts(counts: ArrayLike) -> jax.Array:
+  """float32 counts of a class law, checked: 1-D, and non-negative, not all zero if concrete.
+
+  Raises:
+    ValueError: counts not a non-empty 1-D vector, negative, or all zero.
+  """
+  _checks.check_counts(counts, "counts", allow_empty=True)
+  if _checks.is_concrete(counts) and not np.asarray(counts).any():
+    raise ValueError("counts are all zero: a class law needs at least one class with "
+                     "training samples.")
+  return jnp.asarray(counts, jnp.float32)
+
+
+def _normalise(weights: jax.Array) -> jax.Array:
+  """weights / sum(weights); NaN everywhere when the sum is 0 (all-zero counts under jit)."""
+  total = weights.sum()
+  return jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), jnp.nan)
+
+
 def instance_balanced_probs(counts: ArrayLike) -> jax.Array:
-  """P(class k) = n_k / N."""
-  _checks.check_counts(counts, allow_empty=True)
-  c = jnp.asarray(counts, jnp.float32)
-  return c / c.sum()
+  """P(class k) = n_k / N.
+
+  Args:
+    counts: (K,) non-negative class counts, not all zero.
+
+  Returns:
+    (K,) float32 probabilities; NaN under `jit` for all-zero counts.
+
+  Raises:
+    ValueError: concrete counts that are negative or all zero.
+  """
+  return _normalise(_law_counts(counts))
 
 
 def class_balanced_probs(counts: ArrayLike) -> jax.Array:
-  """P(class k) = 1 / K over the non-empty classes (LOBM eq. 4)."""
-  _checks.check_counts(counts, allow_empty=True)
-  present = (jnp.asarray(counts) > 0).astype(jnp.float32)
-  return present / present.sum()
+  """P(class k) = 1 / K over the non-empty classes (LOBM eq. 4).
+
+  Args:
+    counts: (K,) non-negative class counts, not all zero.
+
+  Returns:
+    (K,) float32 probabilities, 0 for empty classes; NaN under `jit` for all-zero counts.
+
+  Raises:
+    ValueError: concrete counts that are negative or all zero.
+  """
+  return _normalise((_law_counts(counts) > 0).astype(jnp.float32))
 
 
 def reverse_probs(counts: ArrayLike, gamma: float = math.inf) -> jax.Array:
   """Reverse sampler of BBN / DBN-Mix: P(k) = w_k / sum_j w_j, w_k = (n_max / n_k)^(1/gamma).
 
   gamma = inf gives the class-balanced sampler; gamma = 1 the inverse-frequency one.
-  Empty classes get probability 0.
+  Empty classes get probability 0; under `jit`, all-zero counts give NaN probabilities.
+
+  Raises:
+    ValueError: gamma not > 0, or concrete counts that are negative or all zero.
   """
-  _checks.check_counts(counts, allow_empty=True)
   _checks.check_positive(gamma, "gamma", allow_inf=True)
-  c = jnp.asarray(counts, jnp.float32)
+  c = _law_counts(counts)
   present = c > 0
   safe = jnp.where(present, c, 1.0)
   w = jnp.where(present, (c.max() / safe) ** (1.0 / gamma), 0.0)
-  return w / w.sum()
+  return _normalise(w)
 
 
 def inverse_power_probs(counts: ArrayLike, r: float = 1.0) -> jax.Array:
   """Inverse-frequency power sampler of CMO / OTmix: P(k) = n_k^-r / sum_j n_j^-r.
 
-  r = 1 is inverse frequency, r = 1/2 square root, r = 0 class-balanced.
+  r = 1 is inverse frequency, r = 1/2 square root, r = 0 class-balanced. Empty classes get
+  probability 0; under `jit`, all-zero counts give NaN probabilities.
+
+  Raises:
+    ValueError: r negative, or concrete counts that are negative or all zero.
   """
-  _checks.check_counts(counts, allow_empty=True)
   _checks.check_positive(r, "r", allow_zero=True)
-  c = jnp.asarray(counts, jnp.float32)
+  c = _law_counts(counts)
   present = c > 0
   w = jnp.where(present, jnp.where(present, c, 1.0) ** (-r), 0.0)
-  return w / w.sum()
+  return _normalise(w)
 
 
 def class_probs(name: str, counts: ArrayLike, *, gamma: float = math.inf,
@@ -130,16 +177,47 @@ def draw_from_classes(key: jax.Array, index: ClassIndex, classes: ArrayLike) -> 
   Args:
     key: PRNG key.
     index: ClassIndex of the dataset.
-    classes: (...,) class ids; each must be non-empty.
+    classes: (...,) class ids in [0, K); each must be non-empty.
 
   Returns:
-    Dataset indices with the shape of `classes`.
+    int32 dataset indices with the shape of `classes`; under `jit` (where empty classes
+    cannot be rejected) -1 for a class with no samples.
+
+  Raises:
+    ValueError: concrete classes out of range or with no training samples.
   """
+  _checks.check_labels(classes, index.num_classes, "classes")
+  if _checks.is_concrete(classes) and _checks.is_concrete(index.counts):
+    requested = np.asarray(classes)
+    empty = np.unique(requested[np.asarray(index.counts)[requested] == 0])
+    if empty.size:
+      raise ValueError(f"classes {empty.tolist()} have no training samples and cannot be "
+                       "drawn from.")
   classes = jnp.asarray(classes, jnp.int32)
   u = jax.random.uniform(key, classes.shape)
   n = index.counts[classes]
   offset = jnp.minimum(jnp.floor(u * n).astype(jnp.int32), jnp.maximum(n - 1, 0))
-  return index.order[index.starts[classes] + offset]
+  return jnp.where(n > 0, index.order[index.starts[classes] + offset], -1)
+
+
+def _check_probs(probs: ArrayLike, counts: ArrayLike) -> None:
+  """Raises ValueError for concrete probs that are not a valid law over the drawable classes."""
+  if not _checks.is_concrete(probs):
+    return
+  p = np.asarray(probs, np.float64)
+  for problem, bad in (("non-finite", ~np.isfinite(p)), ("negative", p < 0)):
+    if bad.any():
+      raise ValueError(f"probs has {problem} entries at {np.flatnonzero(bad).tolist()}: "
+                       f"{p[bad].tolist()}; class probabilities must be finite and >= 0.")
+  if not (p > 0).any():
+    raise ValueError("probs are all zero: at least one class needs a positive probability.")
+  if _checks.is_concrete(counts):
+    empty = np.flatnonzero((np.asarray(counts) == 0) & (p > 0))
+    if empty.size:
+      listed = "; ".join(f"class {k} has no training samples but probability {p[k]:.3g}"
+                         for k in empty)
+      raise ValueError(f"{listed}. Give empty classes probability 0 (the class laws here "
+                       "do).")
 
 
 def draw_indices(key: jax.Array, index: ClassIndex, probs: ArrayLike,
@@ -149,16 +227,28 @@ def draw_indices(key: jax.Array, index: ClassIndex, probs: ArrayLike,
   Args:
     key: PRNG key.
     index: ClassIndex of the dataset.
-    probs: (K,) class probabilities (e.g. from `class_probs`).
+    probs: (K,) class probabilities (e.g. from `class_probs`), >= 0, normalised or not;
+      0 on every class with no samples.
     num: number of indices (static).
 
   Returns:
-    (num,) int32 dataset indices, drawn with replacement.
+    (num,) int32 dataset indices, drawn with replacement. Under `jit`, where `probs` cannot
+    be checked, classes with no samples or without a probability > 0 (negative, NaN) are
+    never drawn (the law is renormalised over the others), and if no class is left every
+    index is -1.
+
+  Raises:
+    ValueError: probs not of shape (K,) and, when concrete, with negative or non-finite
+      entries, all zero, or positive on a class with no training samples.
   """
   _checks.check_shape(probs, (index.num_classes,), "probs")
+  _check_probs(probs, index.counts)
+  probs = jnp.asarray(probs)
+  drawable = (probs > 0) & (index.counts > 0)
+  logits = jnp.where(drawable, jnp.log(jnp.where(drawable, probs, 1.0)), -jnp.inf)
   key_class, key_item = jax.random.split(key)
-  classes = jax.random.categorical(key_class, jnp.log(jnp.asarray(probs)), shape=(num,))
-  return draw_from_classes(key_item, index, classes)
+  classes = jax.random.categorical(key_class, logits, shape=(num,))
+  return jnp.where(drawable[classes], draw_from_classes(key_item, index, classes), -1)
 
 
 def draw_instances(key: jax.Array, num_samples: int, num: int) -> jax.Array:

@@ -32,8 +32,9 @@ def sample_lambda(key: jax.Array, alpha: float, shape: tuple[int, ...] = ()) -> 
 
   Args:
     key: PRNG key.
-    alpha: Python float >= 0. alpha = 0 means no mixing and returns ones (the reference
-      code's `lam = 1` when alpha <= 0; here a negative alpha is an error).
+    alpha: float >= 0 (may be traced: a recipe's hyperparameter). alpha = 0 means no
+      mixing and returns ones (the reference code's `lam = 1` when alpha <= 0; here a
+      negative concrete alpha is an error).
     shape: `()` for one lambda per batch (reference code), `(B,)` for one per sample.
 
   Returns:
@@ -43,9 +44,8 @@ def sample_lambda(key: jax.Array, alpha: float, shape: tuple[int, ...] = ()) -> 
     ValueError: alpha negative, infinite or NaN.
   """
   _checks.check_positive(alpha, "alpha", allow_zero=True)
-  if float(alpha) == 0.0:
-    return jnp.ones(shape, jnp.float32)
-  return jax.random.beta(key, alpha, alpha, shape, dtype=jnp.float32)
+  lam = jax.random.beta(key, alpha, alpha, shape, dtype=jnp.float32)
+  return jnp.where(jnp.asarray(alpha) > 0, lam, jnp.ones(shape, jnp.float32))
 
 
 def _float_dtype(*arrays: jax.Array) -> jnp.dtype:
@@ -54,26 +54,32 @@ def _float_dtype(*arrays: jax.Array) -> jnp.dtype:
   return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.dtype(jnp.float32)
 
 
-def _broadcast_lam(lam: ArrayLike, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+def _broadcast_lam(lam: ArrayLike, x: jax.Array, dtype: jnp.dtype,
+                   name: str = "lam") -> jax.Array:
   """Reshapes a scalar or (B,) lam so that it broadcasts over the trailing dims of x."""
   lam = jnp.asarray(lam, dtype)
   if lam.ndim == 0:
     return lam
   if lam.ndim != 1 or x.ndim < 1 or lam.shape[0] != x.shape[0]:
-    raise ValueError(f"lam must be a scalar or have shape ({x.shape[0] if x.ndim else 1},)"
+    raise ValueError(f"{name} must be a scalar or have shape ({x.shape[0] if x.ndim else 1},)"
                      f", got shape {lam.shape} for inputs of shape {x.shape}.")
   return lam.reshape(lam.shape + (1,) * (x.ndim - 1))
 
 
-def _mix(a: ArrayLike, b: ArrayLike, lam: ArrayLike, names: tuple[str, str]) -> jax.Array:
-  """lam * a + (1 - lam) * b, with lam scalar or per leading index."""
-  a, b = jnp.asarray(a), jnp.asarray(b)
+def _check_same_shape(name_a: str, a: jax.Array, name_b: str, b: jax.Array) -> None:
   if a.shape != b.shape:
-    raise ValueError(f"{names[0]} and {names[1]} must have the same shape, got {a.shape} "
+    raise ValueError(f"{name_a} and {name_b} must have the same shape, got {a.shape} "
                      f"and {b.shape}.")
-  _checks.check_in_range(lam, "lam", 0.0, 1.0)
+
+
+def _mix(a: ArrayLike, b: ArrayLike, lam: ArrayLike,
+         names: tuple[str, str, str]) -> jax.Array:
+  """lam * a + (1 - lam) * b, with lam scalar or per leading index; `names` of (a, b, lam)."""
+  a, b = jnp.asarray(a), jnp.asarray(b)
+  _check_same_shape(names[0], a, names[1], b)
+  _checks.check_in_range(lam, names[2], 0.0, 1.0)
   dtype = _float_dtype(a, b)
-  lam = _broadcast_lam(lam, a, dtype)
+  lam = _broadcast_lam(lam, a, dtype, names[2])
   return lam * a.astype(dtype) + (1 - lam) * b.astype(dtype)
 
 
@@ -87,7 +93,7 @@ def mix_inputs(x_a: ArrayLike, x_b: ArrayLike, lam: ArrayLike) -> jax.Array:
   Returns:
     (B, ...) mixed inputs in the floating dtype of the inputs (float32 for integers).
   """
-  return _mix(x_a, x_b, lam, ("x_a", "x_b"))
+  return _mix(x_a, x_b, lam, ("x_a", "x_b", "lam"))
 
 
 def mix_labels(y_a: ArrayLike, y_b: ArrayLike, lam_y: ArrayLike) -> jax.Array:
@@ -100,7 +106,7 @@ def mix_labels(y_a: ArrayLike, y_b: ArrayLike, lam_y: ArrayLike) -> jax.Array:
   Returns:
     (B, K) soft labels.
   """
-  return _mix(y_a, y_b, lam_y, ("y_a", "y_b"))
+  return _mix(y_a, y_b, lam_y, ("y_a", "y_b", "lam_y"))
 
 
 class MixedLabels(NamedTuple):
@@ -126,6 +132,7 @@ class MixedLabels(NamedTuple):
 
   def soft(self, num_classes: int) -> jax.Array:
     """(B, K) float32 soft labels `lam e_a + (1 - lam) e_b`."""
+    _checks.check_shape(self.labels_b, jnp.shape(self.labels_a), "labels_b")
     one_hot = lambda y: jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
     return mix_labels(one_hot(self.labels_a), one_hot(self.labels_b), self.lam)
 
@@ -133,6 +140,24 @@ class MixedLabels(NamedTuple):
 def _check_image_size(height: int, width: int) -> None:
   if int(height) < 1 or int(width) < 1:
     raise ValueError(f"height and width must be >= 1, got {height} and {width}.")
+
+
+def _check_images(x_back: jax.Array, x_fore: jax.Array) -> None:
+  """Both (B, H, W, C) and of the same shape."""
+  for name, x in (("x_back", x_back), ("x_fore", x_fore)):
+    _checks.check_rank(x, 4, name, "(B, H, W, C) images")
+  _check_same_shape("x_back", x_back, "x_fore", x_fore)
+
+
+def _as_box(box: Box) -> Box:
+  """The box's four bounds as int arrays of one shape, () or (B,)."""
+  if len(box) != 4:
+    raise ValueError(f"box must be (y0, y1, x0, x1), got {len(box)} entries.")
+  bounds = tuple(jnp.asarray(b) for b in box)
+  for name, b in zip(("y0", "y1", "x0", "x1"), bounds):
+    _checks.check_rank(b, {0, 1}, f"box bound {name}", "a scalar or a (B,) vector")
+    _checks.check_shape(b, bounds[0].shape, f"box bound {name}")
+  return bounds
 
 
 def cutmix_box(key: jax.Array, lam: ArrayLike, height: int, width: int) -> Box:
@@ -154,6 +179,7 @@ def cutmix_box(key: jax.Array, lam: ArrayLike, height: int, width: int) -> Box:
     x0 <= c < x1 lie inside the box (an empty box when lam = 1).
   """
   _check_image_size(height, width)
+  _checks.check_rank(lam, {0, 1}, "lam", "a scalar or a (B,) vector")
   _checks.check_in_range(lam, "lam", 0.0, 1.0)
   lam = jnp.asarray(lam, jnp.float32)
   ratio = jnp.sqrt(jnp.clip(1.0 - lam, 0.0, 1.0))
@@ -176,9 +202,12 @@ def box_mask(box: Box, height: int, width: int) -> jax.Array:
 
   Returns:
     (H, W) mask for a scalar box, (B, H, W) for per-sample boxes.
+
+  Raises:
+    ValueError: a box without four bounds, or bounds not all scalars or all (B,).
   """
   _check_image_size(height, width)
-  y0, y1, x0, x1 = (jnp.asarray(b)[..., None, None] for b in box)
+  y0, y1, x0, x1 = (b[..., None, None] for b in _as_box(box))
   rows = jax.lax.broadcasted_iota(jnp.int32, (height, width), 0)
   cols = jax.lax.broadcasted_iota(jnp.int32, (height, width), 1)
   return (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
@@ -208,9 +237,7 @@ def cutmix(key: jax.Array, x_back: ArrayLike, x_fore: ArrayLike, lam: ArrayLike,
     ValueError: shapes mismatch, inputs not 4-D, or a (B,) lam without `per_sample`.
   """
   x_back, x_fore = jnp.asarray(x_back), jnp.asarray(x_fore)
-  if x_back.shape != x_fore.shape or x_back.ndim != 4:
-    raise ValueError("x_back and x_fore must be (B, H, W, C) arrays of the same shape, "
-                     f"got {x_back.shape} and {x_fore.shape}.")
+  _check_images(x_back, x_fore)
   batch, height, width = x_back.shape[:3]
   lam = jnp.asarray(lam, jnp.float32)
   if per_sample:
@@ -233,10 +260,17 @@ def paste_box(x_back: ArrayLike, x_fore: ArrayLike, box: Box) -> tuple[jax.Array
 
   Returns:
     (x_mixed, lam_back) as in `cutmix`.
+
+  Raises:
+    ValueError: images not (B, H, W, C) of one shape, or box bounds not all scalars or
+      all (B,).
   """
   x_back, x_fore = jnp.asarray(x_back), jnp.asarray(x_fore)
-  height, width = x_back.shape[1:3]
-  y0, y1, x0, x1 = box
+  _check_images(x_back, x_fore)
+  batch, height, width = x_back.shape[:3]
+  y0, y1, x0, x1 = box = _as_box(box)
+  if y0.ndim:
+    _checks.check_shape(y0, (batch,), "box bounds")
   mask = box_mask(box, height, width)[..., None]
   lam_back = 1.0 - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (height * width)
   return jnp.where(mask, x_fore, x_back), lam_back

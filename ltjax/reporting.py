@@ -7,31 +7,47 @@ Layout of a run's workdir (written by `experiments/train.py`):
 | config.json       | the resolved ml_collections config                                 |
 | dataset.json      | class counts, seed, source of the (long-tailed) training set       |
 | env.json          | ltjax / jax / python versions, devices                             |
-| metrics.jsonl     | one JSON object per logged epoch (`{"epoch": e, "train/loss": ...}`) |
-| events.out.tfevents.* | the same scalars for TensorBoard (tensorboardX)                |
+| metrics.jsonl     | one JSON object per epoch: `{"epoch": e, "step": s, "train/loss": ...}` |
+| events.out.tfevents.* | the same scalars and more for TensorBoard (`RunLogger`)        |
 | results.json      | final and best metrics, per-class accuracy, timing                 |
 | checkpoints/      | orbax checkpoints (ltjax.training)                                 |
 | *.png             | figures from `ltjax.plots`                                         |
 
-JSON files are written atomically (temporary file + `os.replace`). `metrics.jsonl` is
-truncated on resume: rows of epochs at or after the first epoch still to run are dropped,
-so a run killed after its last checkpoint and resumed has exactly one row per epoch.
+JSON files are written atomically (temporary file + `os.replace`) with the permissions a
+plain `open(path, "w")` gives (0o666 minus the umask; the umask is read once, at import:
+see `_UMASK`). `metrics.jsonl` is truncated on resume: rows of epochs at or after the first
+epoch still to run are dropped, so a run killed after its last checkpoint and resumed has
+exactly one row per epoch.
+
+Step axis. Every TensorBoard summary is logged at the global step, the number of optimiser
+steps done so far over the whole run (all phases); `epoch` is a scalar of its own. The row of
+0-based epoch e has `"epoch": e` and `"step": (e + 1) * steps_per_epoch` (steps per epoch:
+`ltjax.training.loop.steps_per_epoch(N, B, drop_last)`, the same in every phase). Checkpoint
+folders (`ltjax.training.checkpoint`) are numbered by completed epochs: checkpoint N holds
+the state after the row of epoch N - 1, at step N * steps_per_epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import sys
 import tempfile
-from typing import Any, Iterable, Mapping
+import time
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TextIO
 
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 EPOCH_KEY = "epoch"
+STEP_KEY = "step"
+PER_CLASS_PREFIX = "eval_per_class"
+MAX_PER_CLASS_SCALARS = 100  # more classes: the per-class histogram only
+NON_SCALARS = ("per_class", "confusion")  # evaluation entries that are not scalars
+HPARAMS_METRICS = ("eval/top1", "eval/many", "eval/medium", "eval/few", "eval/loss")
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -60,25 +76,53 @@ def to_jsonable(obj: Any) -> Any:
   return str(obj)
 
 
-def write_json(path: str, obj: Any, indent: int = 2) -> None:
-  """Writes `obj` as JSON atomically: a temporary file in the same folder, then os.replace.
+def _read_umask() -> int:
+  """The process umask, by setting it to 0 and straight back (there is no read-only call)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return umask
 
-  Readers see either the previous file or the complete new one, never a partial write.
+
+# Read once, at import: os.umask cannot be read without being set, and a file that another
+# thread creates between the two calls would get no umask at all. Doing it once, while the
+# module is imported, keeps that window out of every later write; a process that changes
+# its umask after importing ltjax keeps the permissions of the umask it had then.
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str, prefix: str, sync: bool = False) -> Iterator[TextIO]:
+  """Yields a temporary file next to `path` that replaces it once the block succeeds.
+
+  The temporary file gets FILE_MODE (`mkstemp` creates it 0o600) before the replace; on an
+  error it is removed and `path` keeps its previous content.
   """
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
   try:
     with os.fdopen(fd, "w") as f:
-      json.dump(to_jsonable(obj), f, indent=indent, sort_keys=False)
-      f.write("\n")
+      yield f
       f.flush()
-      os.fsync(f.fileno())
+      if sync:
+        os.fsync(f.fileno())
+    os.chmod(tmp, FILE_MODE)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_json(path: str, obj: Any, indent: int = 2) -> None:
+  """Writes `obj` as JSON atomically: a temporary file in the same folder, then os.replace.
+
+  Readers see either the previous file or the complete new one, never a partial write.
+  """
+  with _atomic_file(path, f".{os.path.basename(path)}.", sync=True) as f:
+    json.dump(to_jsonable(obj), f, indent=indent, sort_keys=False)
+    f.write("\n")
 
 
 def read_json(path: str) -> Any:
@@ -112,67 +156,196 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
 def truncate_metrics(path: str, start_epoch: int) -> list[dict[str, Any]]:
   """Keeps only the rows of epochs before `start_epoch` (atomic rewrite); returns them."""
   kept = [r for r in read_metrics(path) if r.get(EPOCH_KEY, -1) < start_epoch]
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metrics.", suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
+  with _atomic_file(path, ".metrics.") as f:
     for row in kept:
       f.write(json.dumps(row) + "\n")
-  os.replace(tmp, path)
   return kept
 
 
 class MetricWriter:
-  """Scalars per epoch to metrics.jsonl and to TensorBoard event files.
+  """Scalars per epoch to metrics.jsonl and to TensorBoard event files, at the global step.
 
   Usage:
-    with MetricWriter(workdir, start_epoch=restored_epoch + 1) as writer:
+    with MetricWriter(workdir, steps_per_epoch=97, start_epoch=completed_epochs) as writer:
       writer.write(epoch, {"train/loss": 1.2, "train/lr": 0.1, "eval/top1": 0.5})
 
   Args:
     workdir: run folder.
+    steps_per_epoch: optimiser steps per epoch; the row of epoch e is logged at step
+      (e + 1) * steps_per_epoch (module docstring).
     start_epoch: first epoch this process will log (0 for a fresh run). Existing rows of
-      epochs >= start_epoch are dropped, and TensorBoard events from that step on are
-      purged (tensorboardX `purge_step`), so a resumed run never duplicates an epoch.
+      epochs >= start_epoch are dropped, and TensorBoard events after the last kept row's
+      step are purged (tensorboardX `purge_step`), so a resumed run never duplicates an epoch.
     tensorboard: also write TensorBoard event files.
+
+  Attributes:
+    rows: the rows of the run so far (kept ones, then every written one).
+    tensorboard: the tensorboardX `SummaryWriter`, or None; for summaries other than the
+      scalars of `write`.
   """
 
-  def __init__(self, workdir: str, start_epoch: int = 0, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, steps_per_epoch: int, start_epoch: int = 0,
+               tensorboard: bool = True):
+    if steps_per_epoch < 1:
+      raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
     os.makedirs(workdir, exist_ok=True)
+    self.steps_per_epoch = steps_per_epoch
     self.path = os.path.join(workdir, METRICS_FILE)
     self.rows = truncate_metrics(self.path, start_epoch)
     self._file = open(self.path, "a")
-    self._tb = None
+    self.tensorboard = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(logdir=workdir, purge_step=start_epoch if start_epoch else None)
+      purge = self.step_of(start_epoch - 1) + 1 if start_epoch else None
+      # Event files are named by the second they were opened in: the suffix keeps a run
+      # resumed within the same second from overwriting the previous file.
+      self.tensorboard = SummaryWriter(logdir=workdir, purge_step=purge,
+                                       filename_suffix=f".from_epoch{start_epoch}")
+
+  def step_of(self, epoch: int) -> int:
+    """The global step after 0-based epoch `epoch`: (epoch + 1) * steps_per_epoch."""
+    return (int(epoch) + 1) * self.steps_per_epoch
 
   def write(self, epoch: int, scalars: Mapping[str, Any]) -> dict[str, Any]:
-    """Appends one row `{"epoch": epoch, **scalars}` (flushed) and the TensorBoard scalars.
+    """Appends one row `{"epoch": e, "step": s, **scalars}` (flushed) and its TensorBoard
+    scalars at step s, `epoch` included.
 
     Values that are not finite numbers are stored as null and skipped in TensorBoard.
     """
-    row = {EPOCH_KEY: int(epoch), **to_jsonable(dict(scalars))}
+    row = {EPOCH_KEY: int(epoch), STEP_KEY: self.step_of(epoch), **to_jsonable(dict(scalars))}
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
     self.rows.append(row)
-    if self._tb is not None:
+    if self.tensorboard is not None:
       for name, value in row.items():
-        if name != EPOCH_KEY and isinstance(value, (int, float)) and not isinstance(value, bool):
-          self._tb.add_scalar(name, value, int(epoch))
-      self._tb.flush()
+        if name != STEP_KEY and _is_number(value):
+          self.tensorboard.add_scalar(name, value, row[STEP_KEY])
+      self.tensorboard.flush()
     return row
 
   def close(self) -> None:
     self._file.close()
-    if self._tb is not None:
-      self._tb.close()
+    if self.tensorboard is not None:
+      self.tensorboard.close()
 
   def __enter__(self) -> "MetricWriter":
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """`{"optim": {"lr": 0.1}}` (a mapping or ConfigDict) -> `{"optim.lr": 0.1}`.
+
+  Values are made JSON values first (`to_jsonable`); lists become JSON text.
+  """
+  flat = {}
+  for key, value in to_jsonable(tree).items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, f"{name}."))
+    else:
+      flat[name] = json.dumps(value) if isinstance(value, list) else value
+  return flat
+
+
+def per_class_tag(name: Any) -> str:
+  """TensorBoard tag of a class's test accuracy (a "/" in the name would nest a group)."""
+  return f"{PER_CLASS_PREFIX}/{str(name).replace('/', '_')}"
+
+
+class RunLogger:
+  """The `on_epoch_end` callback of `fit` that logs a run to metrics.jsonl and TensorBoard.
+
+  Per epoch, at the global step (module docstring): the train metrics (`train/loss`,
+  `train/lr`, the recipe's metrics), `epoch`, `time/epoch_s` (host time since the previous
+  epoch ended, or since construction: the first one includes compilation), and after an
+  evaluation the test scalars (`eval/top1`, `eval/top5`, `eval/many`, `eval/medium`,
+  `eval/few`, `eval/loss`) in both; TensorBoard also gets the per-class test accuracy as
+  the histogram `eval/per_class_accuracy` and, for K <= MAX_PER_CLASS_SCALARS classes, as
+  the scalars `eval_per_class/<class name>`. The flattened config goes to TensorBoard's
+  HParams dashboard once per process, with the eval scalars as its metrics.
+
+  Usage (experiments/runner.py):
+    with RunLogger(workdir, steps_per_epoch=steps, start_epoch=completed,
+                   class_names=ds.class_names, config=config) as logger:
+      fit(..., callbacks=[logger])
+    logger.rows, logger.epoch_times
+
+  Args:
+    workdir: run folder.
+    steps_per_epoch: optimiser steps per epoch (`ltjax.training.loop.steps_per_epoch`).
+    start_epoch: completed epochs of the checkpoint the run resumes from (0: fresh run).
+    class_names: K class names (per-class tags); None names classes by index.
+    config: the resolved config (ConfigDict or mapping) for the HParams dashboard, or None.
+    tensorboard: also write TensorBoard event files.
+  """
+
+  def __init__(self, workdir: str, *, steps_per_epoch: int, start_epoch: int = 0,
+               class_names: Sequence[str] | None = None, config: Any = None,
+               tensorboard: bool = True):
+    self.writer = MetricWriter(workdir, steps_per_epoch=steps_per_epoch,
+                               start_epoch=start_epoch, tensorboard=tensorboard)
+    self.class_names = None if class_names is None else list(class_names)
+    self.epoch_times: list[float] = []
+    self._last = time.perf_counter()
+    if config is not None and self.writer.tensorboard is not None:
+      _write_hparams(self.writer.tensorboard, flatten(config))
+
+  @property
+  def rows(self) -> list[dict[str, Any]]:
+    """metrics.jsonl rows of the run so far."""
+    return self.writer.rows
+
+  def on_epoch_end(self, epoch: int, train: Mapping[str, float],
+                   evaluated: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Logs epoch `epoch` (0-based); returns its metrics.jsonl row."""
+    now = time.perf_counter()
+    self.epoch_times.append(now - self._last)
+    self._last = now
+    scalars = {f"train/{k}": v for k, v in train.items()}
+    if evaluated is not None:
+      scalars.update({f"eval/{k}": v for k, v in evaluated.items() if k not in NON_SCALARS})
+    scalars["time/epoch_s"] = self.epoch_times[-1]
+    row = self.writer.write(epoch, scalars)
+    if evaluated is not None and self.writer.tensorboard is not None:
+      self._per_class(np.asarray(evaluated["per_class"], np.float64), row[STEP_KEY])
+    return row
+
+  def _per_class(self, accuracy: np.ndarray, step: int) -> None:
+    tb = self.writer.tensorboard
+    finite = np.isfinite(accuracy)
+    if finite.any():
+      tb.add_histogram("eval/per_class_accuracy", accuracy[finite], step)
+    if accuracy.size <= MAX_PER_CLASS_SCALARS:
+      names = self.class_names or range(accuracy.size)
+      for name, value, ok in zip(names, accuracy, finite):
+        if ok:
+          tb.add_scalar(per_class_tag(name), float(value), step)
+    tb.flush()
+
+  def close(self) -> None:
+    self.writer.close()
+
+  def __enter__(self) -> "RunLogger":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def _write_hparams(tb: Any, hparams: Mapping[str, Any]) -> None:
+  """The HParams dashboard's summaries, in the run itself (tensorboardX's `add_hparams`
+  writes them into a sub-run of their own, away from the run's scalars)."""
+  from tensorboardX.summary import hparams as hparams_summary  # pylint: disable=g-import-not-at-top
+  for summary in hparams_summary(dict(hparams), dict.fromkeys(HPARAMS_METRICS, 0.0)):
+    tb.file_writer.add_summary(summary)
+  tb.flush()
 
 
 def environment_info() -> dict[str, Any]:
@@ -238,7 +411,7 @@ def summarize_run(rows: list[Mapping[str, Any]], final_eval: Mapping[str, Any],
     dict with `final` (scalar metrics), `best` (best logged eval row), `per_class`
     (name, n_train, accuracy), `confusion`, `timing`, and `extra`.
   """
-  scalars = {k: v for k, v in final_eval.items() if k not in ("per_class", "confusion")}
+  scalars = {k: v for k, v in final_eval.items() if k not in NON_SCALARS}
   per_class = [
       {"class": str(name), "n_train": int(n), "accuracy": acc}
       for name, n, acc in zip(class_names, train_counts,

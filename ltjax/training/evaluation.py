@@ -58,7 +58,21 @@ def make_eval_fn(apply_fn: Callable[..., Any], recipe: recipe_lib.Recipe, batch_
 
 def evaluate(eval_fn: EvalFn, params: PyTree, batch_stats: PyTree, images: ArrayLike,
              labels: ArrayLike, train_counts: ArrayLike) -> dict[str, Any]:
-  """Test metrics (`ltjax.metrics.evaluate_logits`: top1, top5, per_class, many/medium/few,
-  confusion) of the model on `images`, `labels`, with groups from the training counts."""
+  """Test metrics of the model on `images`, `labels`, with groups from the training counts.
+
+  Returns:
+    `ltjax.metrics.evaluate_logits` (top1, top5, per_class, many / medium / few, confusion)
+    and `loss`, the mean cross-entropy of the test logits.
+  """
   logits = eval_fn(params, batch_stats, images)
-  return metrics.evaluate_logits(logits, np.asarray(labels), np.asarray(train_counts))
+  labels = np.asarray(labels)
+  result = metrics.evaluate_logits(logits, labels, np.asarray(train_counts))
+  return {**result, "loss": mean_cross_entropy(logits, labels)}
+
+
+def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+  """Mean of -log softmax(logits)[label] over the rows (float64 on the host)."""
+  z = np.asarray(logits, np.float64)
+  z = z - z.max(axis=1, keepdims=True)
+  log_norm = np.log(np.exp(z).sum(axis=1))
+  return float(np.mean(log_norm - z[np.arange(z.shape[0]), labels]))

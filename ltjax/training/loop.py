@@ -143,21 +143,32 @@ class TrainEpoch:
   step: Callable[..., tuple[TrainState, Metrics]] | None = None
   last_step: Callable[..., tuple[TrainState, Metrics]] | None = None
 
-  def __call__(self, state: TrainState, epoch: jax.Array | int
+  def __call__(self, state: TrainState, epoch: jax.Array | int,
+               on_step: Callable[[Metrics], None] | None = None
                ) -> tuple[TrainState, Metrics]:
-    """Runs one epoch. Metrics: (steps,) arrays `loss`, `lr` and the recipe's metrics."""
+    """Runs one epoch. Metrics: (steps,) arrays `loss`, `lr` and the recipe's metrics.
+
+    Args:
+      state: the train state (donated).
+      epoch: the phase-local epoch.
+      on_step: loop "steps" only: called with each step's metrics right after the step is
+        dispatched (device arrays that may not be computed yet; waiting for them is the
+        hook's choice). Loop "scan" runs the epoch as one call and never calls it.
+    """
     if not isinstance(epoch, jax.Array):
       epoch = jnp.asarray(epoch, jnp.int32)
     if self.step is None:
       return self.jitted(state, self.data, epoch)
     state, perm, last = self.jitted(state, self.data, epoch)
-    history = []
-    for indices in perm:  # one device-side unstack; no host transfer
-      state, metrics = self.step(state, self.data, epoch, indices)
-      history.append(metrics)
+    calls = [(self.step, indices) for indices in perm]  # one device-side unstack
     if last is not None:
-      state, metrics = self.last_step(state, self.data, epoch, last)
+      calls.append((self.last_step, last))
+    history = []
+    for step, indices in calls:
+      state, metrics = step(state, self.data, epoch, indices)
       history.append(metrics)
+      if on_step is not None:
+        on_step(metrics)
     return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
 
 

@@ -61,9 +61,18 @@ def test_flip_probability_is_half():
 
 
 def test_per_sample_independence():
-  images = np.broadcast_to(random_images((1, 16, 16, 3)), (64, 16, 16, 3))
-  out = np.asarray(augment.random_crop_flip(jax.random.key(0), images))
-  assert len({o.tobytes() for o in out}) > 32
+  # The bright centre pixel reveals each crop's offset: offsets and flips of neighbouring
+  # samples are independent (contingency tables of sample 2i against sample 2i + 1).
+  pad, size, n = 2, 9, 8000
+  images = np.zeros((n, size, size, 1), np.uint8)
+  images[:, size // 2, size // 2 - 1] = 255  # left of the centre: a flip moves it by 2
+  out = np.asarray(augment.random_crop_flip(jax.random.key(5), images, pad))
+  _, rows, cols, _ = np.nonzero(out)
+  assert rows.size == n
+  dy = size // 2 + pad - rows
+  for a, b in ((dy[0::2], dy[1::2]), (cols[0::2], cols[1::2])):
+    table = np.histogram2d(a, b, bins=(np.unique(a).size, np.unique(b).size))[0]
+    assert stats.chi2_contingency(table).pvalue > 1e-4
 
 
 def test_identity_without_pad_and_flip():

@@ -4,9 +4,9 @@
   permutation is keyed by `fold_in(fold_in(key(seed), 1), global_epoch)` (`run_keys`:
   init, permutation, step, epoch = fold_in(key(seed), 0..3)), in every phase;
 - BatchNorm running statistics move during training and stay fixed where frozen;
-- a run resumed from a checkpoint written *inside* a later phase (CP-Mix's classifier
-  fine-tuning, whose optimiser state and method state differ from the main phase's)
-  continues bit-identically.
+- a run resumed from a checkpoint of each phase (CP-Mix's main phase, its end, and inside
+  its classifier fine-tuning, whose optimiser state and method state differ from the main
+  phase's) continues bit-identically.
 """
 
 from __future__ import annotations
@@ -118,20 +118,23 @@ def cp_mix_fit(workdir=None, stop_after=None):
                       progress=False, stop_after=stop_after, loop="steps")
 
 
-def test_resume_inside_the_fine_tuning_phase_is_bit_identical(tmp_path):
+def test_resume_from_every_phase_is_bit_identical(tmp_path):
+  """Stops after epoch 1 (main phase, CP-Mix stage 2 next), 2 (the phase boundary) and 3
+  (inside the fine-tuning phase), each time resuming from the checkpoint just written."""
   full = cp_mix_fit()
-  cut = cp_mix_fit(tmp_path, stop_after=3)  # one epoch into the fine-tuning phase
-  assert cut.epochs_done == 3
+  cuts = {}
+  for stop in (1, 2, 3):
+    cuts[stop] = cp_mix_fit(tmp_path, stop_after=stop)
+    assert cuts[stop].epochs_done == stop
   resumed = cp_mix_fit(tmp_path)
   assert resumed.epochs_done == 5
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               resumed.state, full.state)
-  # The fine-tuning phase trained the head only, with the BatchNorm statistics frozen.
   same = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  jax.tree.map(same, full.state.params["backbone"], cut.state.params["backbone"])
-  jax.tree.map(same, full.state.batch_stats, cut.state.batch_stats)
+  jax.tree.map(same, resumed.state, full.state)
+  # The fine-tuning phase trained the head only, with the BatchNorm statistics frozen.
+  jax.tree.map(same, full.state.params["backbone"], cuts[2].state.params["backbone"])
+  jax.tree.map(same, full.state.batch_stats, cuts[2].state.batch_stats)
   assert not np.array_equal(full.state.params["head"]["fc"]["kernel"],
-                            cut.state.params["head"]["fc"]["kernel"])
+                            cuts[3].state.params["head"]["fc"]["kernel"])
 
 
 def test_step_context_sub_keys_are_distinct_fold_ins_by_position():
@@ -157,7 +160,8 @@ class EpochLog:
 
 def test_fit_gives_each_phase_its_local_epoch_and_the_global_step():
   log = EpochLog()
-  phases = [training.Phase(Probe(), 2, optim.sgd(0.05)), training.Phase(Probe(), 2, optim.sgd(0.05))]
+  phases = [training.Phase(Probe(), 2, optim.sgd(0.05)),
+            training.Phase(Probe(), 2, optim.sgd(0.05))]
   training.fit(get_model("small_cnn", K, widths=(4,)), phases, data(), batch_size=B,
                seed=SEED, normalize_fn=normalize, progress=False, loop="steps",
                callbacks=[log])

@@ -157,8 +157,10 @@ def test_transforms_shapes_and_determinism():
   reference_rng.permutation(3)
   f = reference_rng.uniform(0.5, 1.5)
   np.testing.assert_allclose(bright["image"], np.clip(f * x, 0, 255), atol=1.0)
+  # Short side 20 -> 16 (Pillow bilinear, 30 -> 24), then the central 12 x 12.
   center = pipeline.ResizeCenterCrop(16, 12).map(element)
-  assert center["image"].shape == (12, 12, 3)
+  resized = np.asarray(Image.fromarray(element["image"]).resize((24, 16), Image.BILINEAR))
+  np.testing.assert_array_equal(center["image"], resized[2:14, 6:18])
 
 
 def test_source_errors_and_filelist_source(tmp_path, image_files):

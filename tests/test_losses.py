@@ -314,33 +314,67 @@ def test_temperature_scaled_loss_unit_temperature_is_cross_entropy_and_clamps():
 
 # ---------------------------------------------------------------- jit, gradients, dtypes
 
-def _loss_fns(counts):
-  margins = losses.ldam_margins(counts)
-  weights = losses.drw_weights(counts)
-  temps = losses.dbn_temperatures(counts, 3, 0.6, "code")
+def np_binary_temperature_loss(z, y, t, clamp=1e-7):
+  """DBN-Mix code: -sum_k [y log p + (1 - y) log(1 - p)], p = softmax(z / T) clamped."""
+  p = np_softmax(z / t)
+  log_p = np.log(np.clip(p, clamp, 1 - clamp))
+  log_q = np.log(np.clip(1 - p, clamp, 1 - clamp))
+  return (-(y * log_p + (1 - y) * log_q).sum(axis=1)).mean()
+
+
+def np_soft_ldam(cosines, y, margins, w, s=30.0):
+  """LDAM on soft labels, reduced as F.cross_entropy(weight=w): sum w y l / sum w y."""
+  terms = -y * np_log_softmax(s * (cosines - y * margins)) * w
+  return terms.sum() / (y * w).sum()
+
+
+def _loss_pairs(counts):
+  """Each loss as (ltjax function of (z, y), float64 numpy reference of (z, y))."""
+  margins = np.asarray(counts, np.float64) ** -0.25
+  margins = margins * 0.5 / margins.max()
+  weights = np_drw(counts, 0.9999)
+  prior = np.log(counts / counts.sum())
+  temps = np_dbn_temperatures(counts, 3, 0.6, True)
+  np_focal = lambda g: lambda z, y: (-(y * (1 - np_softmax(z)) ** g
+                                       * np_log_softmax(z)).sum(axis=1)).mean()
   return {
-      "ce": lambda z, y: losses.soft_cross_entropy(z, y),
-      "weighted_ce": lambda z, y: losses.soft_cross_entropy(z, y, weights),
-      "ldam": lambda z, y: losses.ldam_loss(jnp.tanh(z), y, margins, weights=weights),
-      "balanced_softmax": lambda z, y: losses.balanced_softmax_loss(z, y, counts),
-      "focal_half": lambda z, y: losses.focal_loss(z, y, 0.5),
-      "focal": lambda z, y: losses.focal_loss(z, y, 2.0),
-      "temperature_ce": lambda z, y: losses.temperature_scaled_loss(z, y, temps),
-      "temperature_binary": lambda z, y: losses.temperature_scaled_loss(z, y, temps, "binary"),
+      "ce": (lambda z, y: losses.soft_cross_entropy(z, y), np_soft_ce),
+      "weighted_ce": (lambda z, y: losses.soft_cross_entropy(z, y, f32(weights)),
+                      lambda z, y: np_soft_ce(z, y, weights)),
+      "ldam": (lambda z, y: losses.ldam_loss(jnp.tanh(z), y, f32(margins),
+                                             weights=f32(weights)),
+               lambda z, y: np_soft_ldam(np.tanh(z), y, margins, weights)),
+      "balanced_softmax": (lambda z, y: losses.balanced_softmax_loss(z, y, counts),
+                           lambda z, y: np_soft_ce(z + prior, y)),
+      "focal_half": (lambda z, y: losses.focal_loss(z, y, 0.5), np_focal(0.5)),
+      "focal": (lambda z, y: losses.focal_loss(z, y, 2.0), np_focal(2.0)),
+      "temperature_ce": (lambda z, y: losses.temperature_scaled_loss(z, y, f32(temps)),
+                         lambda z, y: np_soft_ce(z / temps, y)),
+      "temperature_binary": (
+          lambda z, y: losses.temperature_scaled_loss(z, y, f32(temps), "binary"),
+          lambda z, y: np_binary_temperature_loss(z, y, temps)),
   }
 
 
-@pytest.mark.parametrize("name", sorted(_loss_fns(CIFAR10_LT_100[:6])))
-def test_jit_agrees_and_gradients_are_finite(name):
+def np_gradient(fn, z, y, h=1e-6):
+  """Central differences of a float64 loss w.r.t. every logit."""
+  grad = np.zeros_like(z)
+  for idx in np.ndindex(z.shape):
+    step = np.zeros_like(z)
+    step[idx] = h
+    grad[idx] = (fn(z + step, y) - fn(z - step, y)) / (2 * h)
+  return grad
+
+
+@pytest.mark.parametrize("name", sorted(_loss_pairs(CIFAR10_LT_100[:6])))
+def test_jitted_loss_and_gradient_match_numpy_also_at_saturated_logits(name):
   z, y, counts = random_case(7)
-  fn = _loss_fns(jnp.asarray(counts))[name]
-  for logits in (f32(z), f32(100.0 * z)):
-    eager = fn(logits, f32(y))
-    jitted = jax.jit(fn)(logits, f32(y))
-    np.testing.assert_allclose(float(jitted), float(eager), rtol=1e-5, atol=1e-5)
-    assert eager.shape == () and np.isfinite(float(eager))
-    grad = jax.jit(jax.grad(fn))(logits, f32(y))
-    assert grad.shape == z.shape and np.all(np.isfinite(np.asarray(grad)))
+  fn, np_fn = _loss_pairs(counts)[name]
+  for logits in (z, 100.0 * z):
+    value, grad = jax.jit(jax.value_and_grad(fn))(f32(logits), f32(y))
+    np.testing.assert_allclose(float(value), np_fn(logits, y), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), np_gradient(np_fn, logits, y),
+                               rtol=1e-3, atol=1e-5)
 
 
 def test_class_statistics_may_be_traced():
@@ -350,7 +384,8 @@ def test_class_statistics_may_be_traced():
   temps = jax.jit(losses.dbn_temperatures, static_argnames="form")(counts, 3.0, 0.6, "code")
   close(temps, np_dbn_temperatures(counts, 3.0, 0.6, True))
   close(jax.jit(losses.drw_weights)(counts, 0.999), np_drw(counts, 0.999))
-  close(jax.jit(losses.ldam_margins)(counts), np.asarray(losses.ldam_margins(counts)))
+  margins = counts.astype(np.float64) ** -0.25
+  close(jax.jit(losses.ldam_margins)(counts), margins * 0.5 / margins.max())
 
 
 def test_bfloat16_logits_give_float32_loss():

@@ -63,5 +63,8 @@ def test_method_trains_end_to_end(name):
   result = trainer.fit(model, phases, data, batch_size=BATCH, seed=0,
                        normalize_fn=normalize, test_images=TEST[0], test_labels=TEST[1],
                        eval_every=EPOCHS + len(phases) - 1, progress=False)
+  # A smoke test by design: each recipe's loss is checked against numpy in test_methods.py
+  # and its step against PyTorch in tests/parity; here, that the engine trains it through
+  # its epoch switches. 0.45 of 128 balanced test images is > 5 sigma above chance (0.25).
   assert np.isfinite(result.train_metrics["loss"])
-  assert result.final_metrics["top1"] > 0.45, result.final_metrics["top1"]  # chance: 0.25
+  assert result.final_metrics["top1"] > 0.45, result.final_metrics["top1"]

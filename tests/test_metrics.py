@@ -79,7 +79,6 @@ def test_topk_accuracy(seed, k):
   logits, labels = random_problem(seed)
   got = metrics.topk_accuracy(logits, labels, k)
   np.testing.assert_allclose(got, ref_topk(logits, labels, k), atol=1e-6)
-  assert 0.0 <= float(got) <= 1.0
 
 
 def test_topk_ties_go_to_lower_index():
@@ -189,7 +188,6 @@ def test_label_occurrence_matches_reference(seed):
   expected = ref_occurrence(labels_a, labels_b, lam, K)
   got = metrics.label_occurrence(labels_a, labels_b, lam, K)
   np.testing.assert_allclose(got, expected, atol=1e-6)
-  np.testing.assert_allclose(float(jnp.sum(got)), 1.0, atol=1e-5)
   np.testing.assert_allclose(metrics.label_occurrence(labels_a, labels_b, 0.3, K),
                              ref_occurrence(labels_a, labels_b, 0.3, K), atol=1e-6)
   np.testing.assert_allclose(metrics.occurrence_imbalance(expected),
@@ -215,15 +213,12 @@ def test_label_occurrence_ratio_lobm_ablation():
   """LOBM Fig. 3 on CIFAR-10-LT rho=10: IB+IB 9.91, IB+CB 3.16, CB+CB 1.10."""
   counts = longtail.exponential_counts(5000, 10, 10)
   p = counts / counts.sum()
-  # Closed forms with E[lam] = 1/2: gamma_k = (p_a(k) + p_b(k)) / 2.
-  ib_cb = (p.max() / 2 + 0.05) / (p.min() / 2 + 0.05)
-  cb_cb = occurrence_ratio("class_balanced", "class_balanced", counts)
-  ib_ib = occurrence_ratio("instance", "instance", counts)
-  mixed = occurrence_ratio("instance", "class_balanced", counts)
-  assert 1.0 <= cb_cb < 1.1
-  assert ib_ib == pytest.approx(10.0, rel=0.05)
-  assert mixed == pytest.approx(ib_cb, rel=0.05)
-  assert cb_cb < mixed < ib_ib
+  # Closed forms with E[lam] = 1/2: gamma_k = (p_a(k) + p_b(k)) / 2, p_CB = 1/10.
+  closed = {("class_balanced", "class_balanced"): 1.0,
+            ("instance", "instance"): p.max() / p.min(),
+            ("instance", "class_balanced"): (p.max() / 2 + 0.05) / (p.min() / 2 + 0.05)}
+  for (a, b), want in closed.items():
+    assert occurrence_ratio(a, b, counts) == pytest.approx(want, rel=0.05), (a, b)
 
 
 # ------------------------------------------------------------------- jit and dicts

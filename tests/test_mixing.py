@@ -14,12 +14,15 @@ from ltjax import mixing
 @pytest.mark.parametrize("alpha", [0.2, 1.0, 4.0])
 def test_sample_lambda_beta_moments_and_law(alpha):
   lam = np.asarray(mixing.sample_lambda(jax.random.key(0), alpha, (200_000,)), np.float64)
-  assert lam.min() >= 0 and lam.max() <= 1
   var = 1.0 / (4.0 * (2.0 * alpha + 1.0))
   assert abs(lam.mean() - 0.5) < 5 * np.sqrt(var / lam.size)
   assert lam.var() == pytest.approx(var, rel=0.02)
-  if alpha >= 1.0:  # for small alpha float32 rounds ~2% of the mass near 1 to exactly 1
-    assert stats.kstest(lam[:20_000], stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+  # Chi-square over 20 equiprobable Beta(alpha, alpha) bins; values outside [0, 1] fall
+  # out of every bin. (float32 rounds mass near 1 to exactly 1: still the last bin.)
+  law = stats.beta(alpha, alpha)
+  edges = law.ppf(np.linspace(0, 1, 21))
+  observed = np.histogram(lam, edges)[0]
+  assert stats.chisquare(observed, np.full(20, lam.size / 20)).pvalue > 1e-3
 
 
 def test_sample_lambda_shapes_zero_alpha_jit_and_errors():
@@ -48,7 +51,6 @@ def test_mix_inputs_and_labels_match_numpy(seed):
   mixed_y = mixing.mix_labels(y_a, y_b, lam_sample)
   np.testing.assert_allclose(mixed_y, lam_sample[:, None] * y_a
                              + (1 - lam_sample[:, None]) * y_b, rtol=1e-6, atol=1e-7)
-  np.testing.assert_allclose(mixed_y.sum(axis=1), 1.0, rtol=1e-6)
   jitted = jax.jit(mixing.mix_inputs)(x_a, x_b, lam_sample)
   np.testing.assert_allclose(jitted, mixing.mix_inputs(x_a, x_b, lam_sample), rtol=1e-6,
                              atol=1e-6)

@@ -21,4 +21,6 @@ def test_readme_has_python_examples():
 def test_readme_example_runs(index):
   proc = subprocess.run([sys.executable, "-c", BLOCKS[index]], capture_output=True,
                         text=True, timeout=600, cwd=README.parent)
+  # A smoke test by design: the examples' API is tested by the module tests; here, that
+  # the README's code runs as written.
   assert proc.returncode == 0, proc.stderr[-3000:]

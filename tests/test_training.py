@@ -223,8 +223,9 @@ def test_epoch_change_does_not_recompile(overfit_run):
 
 
 def test_epochs_ran_without_host_transfers(overfit_run):
-  # The fixture ran epochs 1..29 under jax.transfer_guard("disallow").
-  assert np.isfinite(np.asarray(overfit_run["metrics"]["loss"])).all()
+  # Nothing to compare: the fixture ran epochs 1..29 under jax.transfer_guard("disallow"),
+  # which raises on any host transfer; here, that all 29 of them completed.
+  assert int(overfit_run["state"].step) == 30 * (64 // BATCH)
 
 
 def test_stepwise_loop_matches_the_scan():

@@ -236,9 +236,9 @@ def time_epoch(epoch_fn: loop.TrainEpoch, state: state_lib.TrainState, epoch: in
   epoch = jnp.asarray(epoch, jnp.int32)
   if epoch_fn.step is None:  # loop "scan": the epoch is one compiled call
     start = time.perf_counter()
-    compiled = epoch_fn.jitted.lower(state, epoch_fn.data, epoch).compile()
+    compiled = epoch_fn.jitted.lower(epoch_fn.inputs, state, epoch_fn.data, epoch).compile()
     compile_s = time.perf_counter() - start
-    run = lambda s: compiled(s, epoch_fn.data, epoch)
+    run = lambda s: compiled(epoch_fn.inputs, s, epoch_fn.data, epoch)
   else:  # loop "steps": compilation happens in the first call
     compile_s, run = float("nan"), lambda s: epoch_fn(s, epoch)
   start = time.perf_counter()

@@ -17,6 +17,7 @@ image at offset 2 * pad - dx, so crop-then-flip here gives the same distribution
 
 from __future__ import annotations
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -76,6 +77,25 @@ def normalize(images: ArrayLike, mean: ArrayLike = CIFAR_MEAN,
   _check_images(images)
   x = jnp.asarray(images, jnp.float32) / 255.0
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+@flax.struct.dataclass(eq=False)
+class Normalize:
+  """`normalize` as a callable whose mean and std are pytree leaves.
+
+  The training engine and `evaluation.make_eval_fn` pass it to their compiled functions as
+  an argument, so a dataset's own statistics (which change with the long-tailed subset's
+  seed) are inputs of the executable, not constants in it.
+  """
+  mean: jax.Array
+  std: jax.Array
+
+  @classmethod
+  def of(cls, mean: ArrayLike = CIFAR_MEAN, std: ArrayLike = CIFAR_STD) -> "Normalize":
+    return cls(jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+
+  def __call__(self, images: ArrayLike) -> jax.Array:
+    return normalize(images, self.mean, self.std)
 
 
 def preprocess(key: jax.Array | None, images: ArrayLike, mean: ArrayLike = CIFAR_MEAN,

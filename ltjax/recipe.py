@@ -23,6 +23,61 @@ PyTree = Any
 Outputs = dict[str, jax.Array]
 
 
+class Hyperparameters:
+  """Mixin that makes a frozen dataclass of hyperparameters a pytree.
+
+  Its float fields, the epoch fields named in `EPOCH_FIELDS` (ints or None) and nested
+  `Hyperparameters` dataclasses (a recipe's `Criterion`) are the pytree's children; every
+  other field (names, bools, shape-giving ints) is static. The engine passes a recipe to
+  its compiled functions as an argument, so alpha, beta, temperatures, loss weights and
+  the DRW / deferral / stage-2 epochs are inputs of the executable, not constants in it:
+  runs that differ only in them compile once. Unflattening bypasses `__init__` (no
+  validation of traced values); validation runs when a recipe is constructed.
+  """
+  EPOCH_FIELDS = ("drw_epoch", "defer_epoch", "stage2_epoch")
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    jax.tree_util.register_pytree_with_keys(cls, _flatten_with_keys, _unflatten_for(cls),
+                                            _flatten)
+
+  def _is_child(self, name: str, value: Any) -> bool:
+    if isinstance(value, Hyperparameters) or name in self.EPOCH_FIELDS:
+      return True
+    return isinstance(value, float | jax.Array) and not isinstance(value, bool)
+
+
+def _split(obj: Hyperparameters) -> tuple[list[tuple[str, Any]], tuple[Any, ...]]:
+  children, static = [], []
+  for field in dataclasses.fields(obj):
+    value = getattr(obj, field.name)
+    if obj._is_child(field.name, value):  # pylint: disable=protected-access
+      children.append((field.name, value))
+    else:
+      static.append((field.name, value))
+  return children, (tuple(n for n, _ in children), tuple(static))
+
+
+def _flatten(obj: Hyperparameters) -> tuple[list[Any], tuple[Any, ...]]:
+  children, aux = _split(obj)
+  return [v for _, v in children], aux
+
+
+def _flatten_with_keys(obj: Hyperparameters) -> tuple[list[Any], tuple[Any, ...]]:
+  children, aux = _split(obj)
+  return [(jax.tree_util.GetAttrKey(n), v) for n, v in children], aux
+
+
+def _unflatten_for(cls: type) -> Callable[[tuple[Any, ...], Any], Any]:
+  def unflatten(aux: tuple[Any, ...], children: Any) -> Any:
+    names, static = aux
+    obj = object.__new__(cls)
+    for name, value in (*static, *zip(names, children)):
+      object.__setattr__(obj, name, value)
+    return obj
+  return unflatten
+
+
 @flax.struct.dataclass
 class DeviceDataset:
   """A small dataset that lives on the device for the compiled epoch loop.
@@ -162,8 +217,13 @@ class LossOutput(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe(abc.ABC):
+class Recipe(Hyperparameters, abc.ABC):
   """Base class of every method. Subclasses are frozen dataclasses of hyperparameters.
+
+  A recipe is a pytree (`Hyperparameters`): the engine passes it into its compiled
+  functions, so its numeric hyperparameters are traced there. Use them in `jnp`
+  arithmetic and `jnp.where`, not in Python `if`s; a field that selects code or gives a
+  shape must be a str, bool or int (static).
 
   Attributes:
     name: registry name.

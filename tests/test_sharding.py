@@ -53,7 +53,7 @@ SCRIPT = textwrap.dedent("""
     tx = optim.sgd(0.1)
     state = sharding.replicate(init_state(TinyERM(), tx, data), mesh)
     train_epoch = epoch_fn(TinyERM(), tx, ddata, mesh=mesh)
-    text = train_epoch.jitted.lower(state, ddata, np.int32(0)).as_text()
+    text = train_epoch.jitted.lower(train_epoch.inputs, state, ddata, np.int32(0)).as_text()
     batch = f'[{{"data"}}, {{}}, {{}}, {{}}]> : tensor<{BATCH}x8x8x3xf32>'
     assert "sharding_constraint" in text and batch in text, "batch sharding missing"
 

@@ -38,14 +38,14 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from ltjax import _checks, losses, mixing
+from ltjax import _checks, losses, mixing, recipe
 
 KINDS = ("ce", "balanced_softmax", "ldam", "focal")
 LABEL_FORMS = ("sides", "soft")
 
 
 @dataclasses.dataclass(frozen=True)
-class Criterion:
+class Criterion(recipe.Hyperparameters):
   """Supervised loss of a recipe, with optional deferred re-weighting (DRW).
 
   Attributes:

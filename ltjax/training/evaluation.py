@@ -16,6 +16,7 @@ from jax.typing import ArrayLike
 
 from ltjax import metrics
 from ltjax import recipe as recipe_lib
+from ltjax.training import loop
 
 PyTree = Any
 EvalFn = Callable[[PyTree, PyTree, ArrayLike], np.ndarray]
@@ -38,10 +39,16 @@ def make_eval_fn(apply_fn: Callable[..., Any], recipe: recipe_lib.Recipe, batch_
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
 
+  # The recipe and the normalisation are arguments (their numbers are not constants of
+  # the executable: another run of the same model reuses it).
+  inputs = jax.device_put((recipe, loop.as_input(normalize_fn)))
+
   @jax.jit
-  def batch_logits(params: PyTree, batch_stats: PyTree, images: jax.Array) -> jax.Array:
+  def batch_logits(inputs: tuple[recipe_lib.Recipe, Any], params: PyTree,
+                   batch_stats: PyTree, images: jax.Array) -> jax.Array:
+    recipe, normalize = inputs
     forward = recipe_lib.Forward(apply_fn, params, batch_stats, train=False)
-    outputs, _ = forward(normalize_fn(images))
+    outputs, _ = forward(normalize(images))
     return recipe.logits(outputs)
 
   def eval_fn(params: PyTree, batch_stats: PyTree, images: ArrayLike) -> np.ndarray:
@@ -49,7 +56,7 @@ def make_eval_fn(apply_fn: Callable[..., Any], recipe: recipe_lib.Recipe, batch_
     chunks = []
     for start in range(0, num, batch_size):
       rows = np.minimum(np.arange(start, start + batch_size), num - 1)
-      logits = batch_logits(params, batch_stats, images[rows])
+      logits = batch_logits(inputs, params, batch_stats, images[rows])
       chunks.append(np.asarray(logits)[:min(batch_size, num - start)])
     return np.concatenate(chunks).astype(np.float32)
 

@@ -22,7 +22,10 @@ per epoch. Inside it:
 
 Sampling, augmentation and normalisation run on device inside the step; nothing goes back to
 the host until the epoch's metrics are read. `epoch` is a traced int32, so every epoch of a
-phase reuses one compilation, and the state argument is donated.
+phase reuses one compilation, and the state argument is donated. The recipe (its numeric
+hyperparameters) and the run's keys are arguments too (`StepInputs`), and the learning-rate
+schedule lives in the optimiser state, so runs that differ only in seed, rates or such
+hyperparameters compile to the same program (served once by the compilation cache).
 
 `loop="steps"` runs the same step function as one jitted call per step from a host loop
 (no host transfer either). It exists for XLA:CPU, where convolutions inside a while loop
@@ -34,7 +37,8 @@ against 13 ms). `loop="auto"` picks "steps" on the CPU backend and "scan" elsewh
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +48,7 @@ from jax.sharding import Mesh
 from ltjax import recipe as recipe_lib
 from ltjax import samplers
 from ltjax.training import optim, sharding
-from ltjax.training.state import TrainState, run_keys
+from ltjax.training.state import RunKeys, TrainState, run_keys
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 NormalizeFn = Callable[[jax.Array], jax.Array]
@@ -129,15 +133,18 @@ class TrainEpoch:
   """A compiled epoch bound to its dataset: `train_epoch(state, epoch) -> (state, metrics)`.
 
   Attributes:
-    jitted: loop "scan": the jitted `(state, data, epoch) -> (state, metrics)`; loop
-      "steps": the jitted `(state, data, epoch) -> (state, rows, last batch or None)` that
-      starts the epoch. `state` is donated.
+    jitted: loop "scan": the jitted `(inputs, state, data, epoch) -> (state, metrics)`;
+      loop "steps": the jitted `(inputs, state, data, epoch) -> (state, rows, last batch or
+      None)` that starts the epoch. `state` is donated.
+    inputs: the run's `StepInputs` passed to every call.
     data: the training set passed to every call.
     steps_per_epoch: N // B, or ceil(N / B) with drop_last=False.
-    step: loop "steps" only: the jitted `(state, data, epoch, indices) -> (state, metrics)`.
+    step: loop "steps" only: the jitted `(inputs, state, data, epoch, indices) -> (state,
+      metrics)`.
     last_step: loop "steps" with a last partial batch only: `step` compiled for its size.
   """
   jitted: Callable[..., Any]
+  inputs: "StepInputs"
   data: recipe_lib.DeviceDataset
   steps_per_epoch: int
   step: Callable[..., tuple[TrainState, Metrics]] | None = None
@@ -158,18 +165,86 @@ class TrainEpoch:
     if not isinstance(epoch, jax.Array):
       epoch = jnp.asarray(epoch, jnp.int32)
     if self.step is None:
-      return self.jitted(state, self.data, epoch)
-    state, perm, last = self.jitted(state, self.data, epoch)
+      return self.jitted(self.inputs, state, self.data, epoch)
+    state, perm, last = self.jitted(self.inputs, state, self.data, epoch)
     calls = [(self.step, indices) for indices in perm]  # one device-side unstack
     if last is not None:
       calls.append((self.last_step, last))
     history = []
     for step, indices in calls:
-      state, metrics = step(state, self.data, epoch, indices)
+      state, metrics = step(self.inputs, state, self.data, epoch, indices)
       history.append(metrics)
       if on_step is not None:
         on_step(metrics)
     return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
+
+
+def as_input(fn: Callable[..., Any]) -> Any:
+  """`fn` as an argument of a compiled function: a pytree callable (e.g.
+  `augment.Normalize`) as it is, its numbers traced; a plain function as a
+  `jax.tree_util.Partial` (static)."""
+  if jax.tree_util.treedef_is_leaf(jax.tree.structure(fn)):
+    return jax.tree_util.Partial(fn)
+  return fn
+
+
+class StepInputs(NamedTuple):
+  """The values of a run that are arguments of its compiled functions, not constants.
+
+  Attributes:
+    recipe: the method, a pytree whose numeric hyperparameters (alpha, beta, temperatures,
+      loss weights, DRW / deferral / stage-2 epochs) are leaves (`recipe.Hyperparameters`).
+    keys: the run's `RunKeys` (from its seed).
+    normalize_fn: the input normalisation (`as_input`; `augment.Normalize` keeps a
+      dataset's statistics out of the executable).
+
+  With the learning-rate schedule held in the optimiser state (`optim.sgd`), runs that
+  differ only in these values (another seed, alpha or learning rate) trace to the same
+  program, so JAX's compilation cache serves them one executable.
+  """
+  recipe: recipe_lib.Recipe
+  keys: RunKeys
+  normalize_fn: Any
+
+
+def train_step(inputs: StepInputs, state: TrainState, data: recipe_lib.DeviceDataset,
+               epoch: jax.Array, indices: jax.Array, *, apply_fn: Callable[..., Any],
+               tx: optax.GradientTransformation, batch_size: int, num_epochs: int,
+               augment_fn: AugmentFn | None, mesh: Mesh | None = None,
+               train_batch_stats: bool = True) -> tuple[TrainState, Metrics, Metrics]:
+  """One training step: `(state, metrics, draws)` after training on the clean `indices`.
+
+  The step's key is `fold_in(inputs.keys.step, state.step)`; it builds a `StepContext`,
+  differentiates `inputs.recipe.loss` w.r.t. the params, applies the optimiser and threads
+  the BatchNorm statistics and the method state. `draws` are the recipe's random outcomes
+  (`LossOutput.draws`), so that a step can be replayed outside ltjax; the epoch loop drops
+  them. Not jitted: `make_train_epoch` compiles it.
+
+  Args: as `make_train_epoch` (without `epoch_offset`, `loop` and `drop_last`; the
+    normalisation is `inputs.normalize_fn`); `batch_size` is the number of clean `indices`
+    of every call (`StepContext.batch_size`).
+  """
+  if indices.shape != (batch_size,):
+    raise ValueError(f"this step trains batches of {batch_size} indices, got shape "
+                     f"{indices.shape}.")
+  recipe = inputs.recipe
+  ctx = recipe_lib.StepContext(
+      key=jax.random.fold_in(inputs.keys.step, state.step), step=state.step, epoch=epoch,
+      num_epochs=num_epochs, batch_size=batch_size, clean_indices=indices, data=data,
+      load=make_load(data, augment_fn, inputs.normalize_fn, mesh))
+
+  def loss_fn(params: Any) -> tuple[jax.Array, recipe_lib.LossOutput]:
+    forward = recipe_lib.Forward(apply_fn, params, state.batch_stats)
+    return recipe.loss(forward, ctx, state.method_state)
+
+  (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates),
+      batch_stats=out.forward.batch_stats if train_batch_stats else state.batch_stats,
+      opt_state=opt_state, method_state=out.method_state)
+  metrics = {**out.metrics, "loss": loss, "lr": optim.current_lr(opt_state)}
+  return new_state, metrics, dict(out.draws)
 
 
 def make_train_step(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
@@ -177,43 +252,12 @@ def make_train_step(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
                     augment_fn: AugmentFn | None, normalize_fn: NormalizeFn, seed: int,
                     mesh: Mesh | None = None, train_batch_stats: bool = True
                     ) -> Callable[..., tuple[TrainState, Metrics, Metrics]]:
-  """One training step, `step(state, data, epoch, indices) -> (state, metrics, draws)`.
-
-  The step's key is `fold_in(run_keys(seed).step, state.step)`; it builds a `StepContext`
-  with the clean-batch `indices`, differentiates `recipe.loss` w.r.t. the params, applies
-  the optimiser and threads the BatchNorm statistics and the method state. `draws` are the
-  recipe's random outcomes (`LossOutput.draws`), so that a step can be replayed outside
-  ltjax; the epoch loop drops them. Not jitted: `make_train_epoch` compiles it.
-
-  Args: as `make_train_epoch` (without `epoch_offset`, `loop` and `drop_last`);
-    `batch_size` is the number of clean `indices` of every call (`StepContext.batch_size`).
-  """
-  keys = run_keys(seed)
-
-  def train_step(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array,
-                 indices: jax.Array) -> tuple[TrainState, Metrics, Metrics]:
-    if indices.shape != (batch_size,):
-      raise ValueError(f"this step trains batches of {batch_size} indices, got shape "
-                       f"{indices.shape}.")
-    ctx = recipe_lib.StepContext(
-        key=jax.random.fold_in(keys.step, state.step), step=state.step, epoch=epoch,
-        num_epochs=num_epochs, batch_size=batch_size, clean_indices=indices, data=data,
-        load=make_load(data, augment_fn, normalize_fn, mesh))
-
-    def loss_fn(params: Any) -> tuple[jax.Array, recipe_lib.LossOutput]:
-      forward = recipe_lib.Forward(apply_fn, params, state.batch_stats)
-      return recipe.loss(forward, ctx, state.method_state)
-
-    (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
-        batch_stats=out.forward.batch_stats if train_batch_stats else state.batch_stats,
-        opt_state=opt_state, method_state=out.method_state)
-    metrics = {**out.metrics, "loss": loss, "lr": optim.current_lr(opt_state)}
-    return new_state, metrics, dict(out.draws)
-
-  return train_step
+  """`train_step` bound to a recipe and a seed: `step(state, data, epoch, indices) ->
+  (state, metrics, draws)` (for replaying single steps; not jitted)."""
+  return functools.partial(
+      train_step, StepInputs(recipe, run_keys(seed), as_input(normalize_fn)),
+      apply_fn=apply_fn, tx=tx, batch_size=batch_size, num_epochs=num_epochs,
+      augment_fn=augment_fn, mesh=mesh, train_batch_stats=train_batch_stats)
 
 
 def make_train_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
@@ -262,18 +306,16 @@ def make_train_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
         raise ValueError(f"drop_last=False trains a last batch of N mod B = {last_size} "
                          f"samples, which the mesh cannot split: {e}") from e
   loop = resolve_loop(loop)
-  keys = run_keys(seed)
 
   def epoch_step(size: int) -> Callable[..., tuple[TrainState, Metrics]]:
-    """`(state, data, epoch, indices) -> (state, metrics)` for clean batches of `size`."""
-    step_with_draws = make_train_step(
-        recipe, apply_fn, tx, batch_size=size, num_epochs=num_epochs,
-        augment_fn=augment_fn, normalize_fn=normalize_fn, seed=seed, mesh=mesh,
-        train_batch_stats=train_batch_stats)
+    """`(inputs, state, data, epoch, indices) -> (state, metrics)` for batches of `size`."""
 
-    def step(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array,
-             indices: jax.Array) -> tuple[TrainState, Metrics]:
-      state, metrics, _ = step_with_draws(state, data, epoch, indices)
+    def step(inputs: StepInputs, state: TrainState, data: recipe_lib.DeviceDataset,
+             epoch: jax.Array, indices: jax.Array) -> tuple[TrainState, Metrics]:
+      state, metrics, _ = train_step(
+          inputs, state, data, epoch, indices, apply_fn=apply_fn, tx=tx, batch_size=size,
+          num_epochs=num_epochs, augment_fn=augment_fn, mesh=mesh,
+          train_batch_stats=train_batch_stats)
       return state, metrics
 
     return step
@@ -281,38 +323,44 @@ def make_train_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
   full_step = epoch_step(batch_size)
   last_step = epoch_step(last_size) if last_size else None
 
-  def begin_epoch(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array
-                  ) -> tuple[TrainState, jax.Array, jax.Array | None]:
+  def begin_epoch(inputs: StepInputs, state: TrainState, data: recipe_lib.DeviceDataset,
+                  epoch: jax.Array) -> tuple[TrainState, jax.Array, jax.Array | None]:
     """The recipe's epoch hook and the epoch's clean batches (`epoch_batches`)."""
     epoch = jnp.asarray(epoch, jnp.int32)
     global_epoch = epoch + epoch_offset
-    evaluate = make_evaluate(apply_fn, state.params, state.batch_stats, normalize_fn)
-    method_state = recipe.begin_epoch(state.method_state, epoch, data, evaluate,
-                                      jax.random.fold_in(keys.epoch, global_epoch))
-    perm, last = epoch_batches(jax.random.fold_in(keys.permutation, global_epoch),
+    evaluate = make_evaluate(apply_fn, state.params, state.batch_stats,
+                             inputs.normalize_fn)
+    method_state = inputs.recipe.begin_epoch(
+        state.method_state, epoch, data, evaluate,
+        jax.random.fold_in(inputs.keys.epoch, global_epoch))
+    perm, last = epoch_batches(jax.random.fold_in(inputs.keys.permutation, global_epoch),
                                data.num_samples, batch_size, drop_last)
     return state.replace(method_state=method_state), perm, last
 
-  def train_epoch(state: TrainState, data: recipe_lib.DeviceDataset, epoch: jax.Array
-                  ) -> tuple[TrainState, Metrics]:
+  def train_epoch(inputs: StepInputs, state: TrainState, data: recipe_lib.DeviceDataset,
+                  epoch: jax.Array) -> tuple[TrainState, Metrics]:
     epoch = jnp.asarray(epoch, jnp.int32)
-    state, perm, last = begin_epoch(state, data, epoch)
-    state, metrics = jax.lax.scan(lambda s, idx: full_step(s, data, epoch, idx), state, perm)
+    state, perm, last = begin_epoch(inputs, state, data, epoch)
+    state, metrics = jax.lax.scan(lambda s, idx: full_step(inputs, s, data, epoch, idx),
+                                  state, perm)
     if last is None:
       return state, metrics
-    state, last_metrics = last_step(state, data, epoch, last)
+    state, last_metrics = last_step(inputs, state, data, epoch, last)
     return state, jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), metrics,
                                last_metrics)
 
   def compile_fn(fn: Callable[..., Any], num_args: int) -> Callable[..., Any]:
     if mesh is None:
-      return jax.jit(fn, donate_argnums=0)
+      return jax.jit(fn, donate_argnums=1)
     rep = sharding.replicated(mesh)
-    return jax.jit(fn, in_shardings=(rep,) * num_args, out_shardings=rep, donate_argnums=0)
+    return jax.jit(fn, in_shardings=(rep,) * num_args, out_shardings=rep, donate_argnums=1)
 
   steps = steps_per_epoch(data.num_samples, batch_size, drop_last)
+  inputs = StepInputs(recipe, run_keys(seed), as_input(normalize_fn))  # weak types kept
+  inputs = jax.device_put(inputs) if mesh is None else sharding.replicate(inputs, mesh)
   if loop == "scan":
-    return TrainEpoch(jitted=compile_fn(train_epoch, 3), data=data, steps_per_epoch=steps)
-  return TrainEpoch(jitted=compile_fn(begin_epoch, 3), data=data, steps_per_epoch=steps,
-                    step=compile_fn(full_step, 4),
-                    last_step=None if last_step is None else compile_fn(last_step, 4))
+    return TrainEpoch(jitted=compile_fn(train_epoch, 4), inputs=inputs, data=data,
+                      steps_per_epoch=steps)
+  return TrainEpoch(jitted=compile_fn(begin_epoch, 4), inputs=inputs, data=data,
+                    steps_per_epoch=steps, step=compile_fn(full_step, 5),
+                    last_step=None if last_step is None else compile_fn(last_step, 5))

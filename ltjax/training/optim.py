@@ -10,20 +10,23 @@ gradient before the momentum buffer, and the reference code decays every paramet
 
 which is `optax.chain(add_decayed_weights(wd), sgd(lr, mu, nesterov))`. The learning rate is
 injected (`optax.inject_hyperparams`) so the engine can log the rate of every step
-(`current_lr`). A `trainable` mask freezes the rest of the model: frozen leaves get a zero
+(`current_lr`). A `schedules` schedule (or a float) lives in the optimiser state, so the
+learning-rate values are inputs of the compiled step: runs that differ only in them share
+one executable. A `trainable` mask freezes the rest of the model: frozen leaves get a zero
 update (`optax.set_to_zero`), no weight decay and no momentum, so they stay bit-identical
 (CP-Mix classifier fine-tuning).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from ltjax import _checks
+from ltjax.training import schedules
 
 PyTree = Any
 Mask = PyTree | Callable[[PyTree], PyTree]
@@ -35,14 +38,53 @@ def _sgd_chain(learning_rate: float, momentum: float, weight_decay: float,
                      optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
 
 
-def sgd(learning_rate: float | optax.Schedule, momentum: float = 0.9,
+class ScheduledState(NamedTuple):
+  """State of `sgd` with a pytree schedule: the schedule's numbers and the inner state.
+
+  Attributes:
+    schedule: the `schedules` dataclass; its leaves (base rate, milestones, ...) are
+      inputs of the compiled step, so another rate reuses the executable.
+    inner: the `optax.inject_hyperparams` state; `hyperparams["learning_rate"]` is the rate
+      of the last update (the step-0 rate before any).
+  """
+  schedule: Any
+  inner: optax.OptState
+
+
+def _scheduled(schedule: Any, inner: optax.GradientTransformation
+               ) -> optax.GradientTransformation:
+  """`inner` (an injected-hyperparameter SGD) with its rate read from a schedule held in
+  the optimiser state: lr_t = schedule(t), t the count of updates so far."""
+
+  def set_rate(schedule: Any, state: Any) -> Any:
+    rate = jnp.array(schedule(state.count), jnp.float32)  # a copy: no buffer shared with
+    # the schedule (e.g. `Constant`), which would be donated twice
+    return state._replace(hyperparams={**state.hyperparams, "learning_rate": rate})
+
+  def init(params: PyTree) -> ScheduledState:
+    # Fresh buffers: a donated state must not delete the arrays this closure holds.
+    held = jax.tree.map(jnp.array, schedule)
+    return ScheduledState(held, set_rate(held, inner.init(params)))
+
+  def update(updates: PyTree, state: ScheduledState, params: PyTree | None = None
+             ) -> tuple[PyTree, ScheduledState]:
+    updates, inner_state = inner.update(updates, set_rate(state.schedule, state.inner),
+                                        params)
+    return updates, ScheduledState(state.schedule, inner_state)
+
+  return optax.GradientTransformation(init, update)
+
+
+def sgd(learning_rate: float | schedules.Schedule | optax.Schedule, momentum: float = 0.9,
         nesterov: bool = False, weight_decay: float = 0.0,
         trainable: Mask | None = None) -> optax.GradientTransformation:
   """PyTorch-style SGD with coupled weight decay on all (trainable) parameters.
 
   Args:
-    learning_rate: a float or a schedule of the optimiser's step count (the count restarts
-      with every fresh optimiser, i.e. at every phase).
+    learning_rate: a float, a `schedules` schedule (kept in the optimiser state, so its
+      numbers are inputs of the compiled step: `ScheduledState`), or any other function of
+      the optimiser's step count (a constant of the compiled step). The count restarts
+      with every fresh optimiser, i.e. at every phase.
     momentum: mu in [0, 1); 0 disables the momentum buffer.
     nesterov: Nesterov momentum.
     weight_decay: wd >= 0, added to the gradient as `wd * theta`.
@@ -54,13 +96,17 @@ def sgd(learning_rate: float | optax.Schedule, momentum: float = 0.9,
   """
   if not callable(learning_rate):
     _checks.check_positive(learning_rate, "learning_rate", allow_zero=True)
+    learning_rate = schedules.Constant(jnp.asarray(learning_rate, jnp.float32))
   _checks.check_in_range(momentum, "momentum", 0.0, 0.999999)
   _checks.check_positive(weight_decay, "weight_decay", allow_zero=True)
   if nesterov and momentum == 0:
     raise ValueError("nesterov momentum needs momentum > 0.")
+  held = isinstance(learning_rate, schedules.Schedule)
   tx = optax.inject_hyperparams(_sgd_chain, static_args=("momentum", "weight_decay", "nesterov"))(
-      learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
-      nesterov=nesterov)
+      learning_rate=0.0 if held else learning_rate, momentum=momentum,
+      weight_decay=weight_decay, nesterov=nesterov)
+  if held:
+    tx = _scheduled(learning_rate, tx)
   if trainable is None:
     return tx
 

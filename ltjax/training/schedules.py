@@ -1,4 +1,10 @@
-"""Learning-rate schedules over the global step, as optax schedules.
+"""Learning-rate schedules over the global step: callables whose numbers are pytree leaves.
+
+A schedule is a `flax.struct` dataclass with `__call__(step) -> lr`, so it works wherever
+an optax schedule does, and `optim.sgd` keeps it in the optimiser state: the base rate,
+warm-up, milestones and factors are then inputs of the compiled step, not constants baked
+into it, and a run with another learning rate reuses the compiled executable. Schedules
+compare and hash by identity (`eq=False`), so `jax.jit(schedule)` works.
 
 Linear warm-up over the first `warmup_epochs` epochs, in one of two units:
 
@@ -24,9 +30,9 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 from ltjax import _checks
 
@@ -45,25 +51,84 @@ def _check_common(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
     raise ValueError(f"Unknown warmup_unit {warmup_unit!r}; valid: {', '.join(WARMUP_UNITS)}.")
 
 
-def _warmup_factor(step: jax.Array, steps_per_epoch: int, warmup_epochs: int,
+def _warmup_factor(step: jax.Array, steps_per_epoch: jax.Array, warmup_epochs: jax.Array,
                    warmup_unit: str) -> jax.Array:
   """Linear warm-up factor of a global step (see the module docstring), 1 after it.
 
   "epoch": (e + 1) / warmup_epochs with e = step // steps_per_epoch; "step":
-  step / (warmup_epochs * steps_per_epoch).
+  step / (warmup_epochs * steps_per_epoch); 1 throughout when warmup_epochs is 0.
   """
-  if warmup_epochs == 0:
-    return jnp.ones_like(step, jnp.float32)
+  warmup = jnp.maximum(warmup_epochs, 1).astype(jnp.float32)
   if warmup_unit == "epoch":
-    progress = (step // steps_per_epoch + 1).astype(jnp.float32) / warmup_epochs
+    progress = (step // steps_per_epoch + 1).astype(jnp.float32) / warmup
   else:
-    progress = step.astype(jnp.float32) / (warmup_epochs * steps_per_epoch)
-  return jnp.minimum(progress, 1.0)
+    progress = step.astype(jnp.float32) / (warmup * steps_per_epoch)
+  return jnp.where(warmup_epochs > 0, jnp.minimum(progress, 1.0), 1.0)
+
+
+@flax.struct.dataclass(eq=False)
+class WarmupMultistep:
+  """`warmup_multistep`'s schedule: its numbers are pytree leaves (inputs of a compiled
+  step, not constants in it); `warmup_unit` is static."""
+  base_lr: jax.Array
+  steps_per_epoch: jax.Array
+  warmup_epochs: jax.Array
+  milestones: jax.Array
+  factors: jax.Array  # (1, f_1, ..., f_J): the cumulative factor before / after each milestone
+  warmup_unit: str = flax.struct.field(pytree_node=False, default="epoch")
+
+  def __call__(self, step: jax.Array) -> jax.Array:
+    step = jnp.asarray(step, jnp.int32)
+    decay = self.factors[jnp.sum(step // self.steps_per_epoch >= self.milestones)]
+    return self.base_lr * _warmup_factor(step, self.steps_per_epoch, self.warmup_epochs,
+                                         self.warmup_unit) * decay
+
+
+@flax.struct.dataclass(eq=False)
+class WarmupCosine:
+  """`warmup_cosine`'s schedule (numbers as pytree leaves, `warmup_unit` static)."""
+  base_lr: jax.Array
+  final_lr: jax.Array
+  steps_per_epoch: jax.Array
+  warmup_epochs: jax.Array
+  total_epochs: jax.Array
+  warmup_unit: str = flax.struct.field(pytree_node=False, default="epoch")
+
+  def __call__(self, step: jax.Array) -> jax.Array:
+    step = jnp.asarray(step, jnp.int32)
+    start = self.warmup_epochs * self.steps_per_epoch
+    length = (self.total_epochs - self.warmup_epochs) * self.steps_per_epoch
+    t = jnp.clip(step - start, 0, length).astype(jnp.float32) / length
+    cosine = self.final_lr + (self.base_lr - self.final_lr) * 0.5 * (1.0 + jnp.cos(math.pi * t))
+    warm = self.base_lr * _warmup_factor(step, self.steps_per_epoch, self.warmup_epochs,
+                                         self.warmup_unit)
+    return jnp.where(step < start, warm, cosine)
+
+
+@flax.struct.dataclass(eq=False)
+class Constant:
+  """lr = base_lr at every step (a pytree leaf)."""
+  base_lr: jax.Array
+
+  def __call__(self, step: jax.Array) -> jax.Array:
+    del step
+    return self.base_lr
+
+
+Schedule = WarmupMultistep | WarmupCosine | Constant
+
+
+def _f32(value: float) -> jax.Array:
+  return jnp.asarray(value, jnp.float32)
+
+
+def _i32(value: int | Sequence[int]) -> jax.Array:
+  return jnp.asarray(value, jnp.int32)
 
 
 def warmup_multistep(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
                      milestones: Sequence[int], factors: Sequence[float] | None = None,
-                     gamma: float = 0.1, warmup_unit: str = "epoch") -> optax.Schedule:
+                     gamma: float = 0.1, warmup_unit: str = "epoch") -> WarmupMultistep:
   """Linear warm-up, then piecewise-constant decay at epoch milestones.
 
   Args:
@@ -79,7 +144,7 @@ def warmup_multistep(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
       per iteration from lr 0); see the module docstring.
 
   Returns:
-    A schedule `step -> lr` (float32).
+    A schedule `step -> lr` (float32) whose numbers are pytree leaves.
   """
   _check_common(base_lr, steps_per_epoch, warmup_epochs, warmup_unit)
   milestones = tuple(int(m) for m in milestones)
@@ -92,20 +157,13 @@ def warmup_multistep(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
   if len(factors) != len(milestones):
     raise ValueError(f"need one factor per milestone, got {len(factors)} factors for "
                      f"{len(milestones)} milestones.")
-  table = jnp.asarray((1.0,) + factors, jnp.float32)
-  bounds = jnp.asarray(milestones, jnp.int32)
-
-  def schedule(step: jax.Array) -> jax.Array:
-    step = jnp.asarray(step, jnp.int32)
-    decay = table[jnp.sum(step // steps_per_epoch >= bounds)]
-    return base_lr * _warmup_factor(step, steps_per_epoch, warmup_epochs, warmup_unit) * decay
-
-  return schedule
+  return WarmupMultistep(_f32(base_lr), _i32(steps_per_epoch), _i32(warmup_epochs),
+                         _i32(milestones), _f32((1.0,) + factors), warmup_unit)
 
 
 def warmup_cosine(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
                   total_epochs: int, final_lr: float = 0.0, warmup_unit: str = "epoch"
-                  ) -> optax.Schedule:
+                  ) -> WarmupCosine:
   """Linear warm-up (`warmup_unit` as in `warmup_multistep`), then cosine decay per step
   to `final_lr` at the last step.
 
@@ -117,26 +175,17 @@ def warmup_cosine(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
   if total_epochs <= warmup_epochs:
     raise ValueError(f"total_epochs ({total_epochs}) must exceed warmup_epochs "
                      f"({warmup_epochs}).")
-  start = warmup_epochs * steps_per_epoch
-  length = (total_epochs - warmup_epochs) * steps_per_epoch
-
-  def schedule(step: jax.Array) -> jax.Array:
-    step = jnp.asarray(step, jnp.int32)
-    t = jnp.clip(step - start, 0, length).astype(jnp.float32) / length
-    cosine = final_lr + (base_lr - final_lr) * 0.5 * (1.0 + jnp.cos(math.pi * t))
-    warm = base_lr * _warmup_factor(step, steps_per_epoch, warmup_epochs, warmup_unit)
-    return jnp.where(step < start, warm, cosine)
-
-  return schedule
+  return WarmupCosine(_f32(base_lr), _f32(final_lr), _i32(steps_per_epoch),
+                      _i32(warmup_epochs), _i32(total_epochs), warmup_unit)
 
 
-def constant(base_lr: float) -> optax.Schedule:
+def constant(base_lr: float) -> Constant:
   """lr = base_lr at every step (e.g. CP-Mix classifier fine-tuning)."""
   _checks.check_positive(base_lr, "base_lr")
-  return lambda step: jnp.full((), base_lr, jnp.float32)
+  return Constant(_f32(base_lr))
 
 
-def get_schedule(name: str, **kwargs) -> optax.Schedule:
+def get_schedule(name: str, **kwargs) -> Schedule:
   """Schedule by config name: "multistep", "cosine" or "constant" with its keyword args."""
   builders = {"multistep": warmup_multistep, "cosine": warmup_cosine, "constant": constant}
   if name not in builders:

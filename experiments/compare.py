@@ -12,64 +12,84 @@ More:
       --config.num_epochs=200 --workdir=/tmp/cifar10_lt --parallel=2
 
 Each (method, seed) run is `experiments.runner.run` on the config file's
-`get_config("<args>,method=M,seed=S")`, with the `--config.X=Y` overrides applied where the
-method's config has that field (e.g. `--config.recipe.alpha` skips ERM), in
+`get_config("<args>,method=M,seed=S")`, with the `--config.X=Y` overrides applied, in
 `<workdir>/<method>/seed<S>` (resumed if it holds a checkpoint, skipped if it holds a
-complete results.json). Then `<workdir>/comparison.md` and `comparison.json` hold, per
-method: top-1, many / medium / few accuracy (mean ± std over seeds, in %), epoch time and
-wall time; the markdown table is printed.
+complete results.json of the same config). An override must name a field of at least one
+compared method's config: one that exists for some methods only (`--config.recipe.alpha`
+with ERM, which has no alpha) is applied where it exists and reported once; one that exists
+for none (a misspelling) is an error naming the field and its close matches, like
+experiments.train. `--config.dataset.data_dir=PATH` sets where every run reads its data.
+Then `<workdir>/comparison.md` and `comparison.json` hold, per method: top-1, many /
+medium / few accuracy (mean ± std over seeds, in %), epoch time, compile time and wall time
+(summed over the processes of each run; experiments/timing.py); the markdown table is
+printed.
+
+Every run folder follows the workdir rules of experiments/workdir.py (fingerprint, lock).
+Before any run starts, every run folder that holds a run of another config (a rerun with
+another `rho`, lr, ...; a complete one included) is listed with its differing fields and
+the comparison stops, unless `--on_mismatch=fresh`: those runs move to
+`<run folder>-old<N>` and train again (`fork` is experiments.train's only: a comparison
+keeps one folder per run, so use another --workdir).
+
+A run that fails does not stop the others: the comparison finishes them, summarises what
+completed, then lists each failure (method, seed, one-line reason, its log: `error.log`, or
+`stdout.log` with --parallel, in the run folder) and exits with status 1. Errors in the
+command line (unknown methods, seeds, fields; mismatched runs) stop it before any run, as
+one line with exit status 2.
 
 `--methods` / `--seeds` default to the config's `methods` / `seeds` fields (the quickstart's
 list: ERM, Mixup and the seed papers' methods). `--parallel=N` runs N runs at a time as
 subprocesses (set XLA_PYTHON_CLIENT_MEM_FRACTION, e.g. 0.3, to share one GPU); the default
-runs them one after another in this process. Methods and seeds are validated before any
-run starts.
+runs them one after another in this process.
 """
 
 from __future__ import annotations
 
-import importlib.util
+from experiments import cli  # first: its import time is the script's start
+
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from typing import Any
+import traceback
+from typing import Any, Callable
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 import ml_collections
 
 from experiments import runner
+from experiments import workdir as workdir_lib
+from experiments.cli import UserError, load_config_module
 from ltjax import methods as ltmethods
 from ltjax import reporting
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config: experiments/configs/<dataset>.py[:args].",
-    lock_config=False, accept_new_attributes=True)
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                               "Output folder (default /tmp/ltjax_compare/<config name>).")
-_METHODS = flags.DEFINE_list("methods", None, "Methods to compare (default config.methods).")
-_SEEDS = flags.DEFINE_list("seeds", None, "Seeds (default config.seeds).")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at a time (>1: subprocesses).")
-_SUMMARIZE = flags.DEFINE_bool("summarize", True,
-                               "Write comparison.md / .json (off in worker subprocesses).")
-_JAX_DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False,
-                                     "Call jax.distributed.initialize() first.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The script's flags (defined when it runs, so the three scripts import side by side)."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config: experiments/configs/<dataset>.py[:args].",
+      lock_config=False, accept_new_attributes=True)
+  flags.DEFINE_string("workdir", None,
+                      "Output folder (default /tmp/ltjax_compare/<config name>).")
+  flags.DEFINE_list("methods", None, "Methods to compare (default config.methods).")
+  flags.DEFINE_list("seeds", None, "Seeds (default config.seeds).")
+  flags.DEFINE_integer("parallel", 1, "Runs at a time (>1: subprocesses).")
+  flags.DEFINE_bool("summarize", True,
+                    "Write comparison.md / .json (off in worker subprocesses).")
+  flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() first.")
+  flags.DEFINE_enum("on_mismatch", "refuse", ("refuse", "fresh"),
+                    "When a run folder holds a run of another config: refuse, or fresh "
+                    "(move it to <run folder>-old<N> and train again).")
+  flags.mark_flags_as_required(["config"])
+
 
 METRICS = ("top1", "many", "medium", "few")
-
-
-def load_config_module(path: str):
-  """Imports an experiment config file by path."""
-  name = "experiment_config_" + os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(name, path)
-  if spec is None:
-    raise ValueError(f"Cannot load config file {path!r}.")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+Key = tuple[str, int]
 
 
 def with_args(arg: str, **values: Any) -> str:
@@ -99,24 +119,53 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
   return skipped
 
 
-def run_configs(spec: str, overrides: dict[str, Any], methods: list[str], seeds: list[int]
-                ) -> dict[tuple[str, int], ml_collections.ConfigDict]:
+def check_overrides(overrides: dict[str, Any], configs: dict[str, ml_collections.ConfigDict],
+                    log: Callable[[str], None] = print) -> None:
+  """Each override must name a field of some method's config (`configs`: method -> config).
+
+  One that only some methods have is reported once (it is applied where it exists).
+
+  Raises:
+    UserError: an override that no compared method's config has (the message names the
+      field, its close matches and the section's fields).
+  """
+  for path in overrides:
+    missing = {m: cli.unknown_field_message(c, path) for m, c in configs.items()}
+    missing = {m: message for m, message in missing.items() if message}
+    if len(missing) == len(configs):
+      hinted = [message for message in missing.values() if "did you mean" in message]
+      raise UserError(f"--config.{path} exists for none of the compared methods "
+                      f"({', '.join(configs)}): {(hinted or list(missing.values()))[0]}")
+    if missing:
+      log(f"--config.{path} is set for {', '.join(m for m in configs if m not in missing)}; "
+          f"{', '.join(missing)} ha{'s' if len(missing) == 1 else 've'} no such field.")
+
+
+def _method_config(module: Any, arg: str, method: str, seed: int
+                   ) -> ml_collections.ConfigDict:
+  try:
+    return module.get_config(with_args(arg, method=method, seed=seed))
+  except ValueError as e:
+    raise UserError(f"{method}: {e}") from e
+
+
+def run_configs(spec: str, overrides: dict[str, Any], methods: list[str], seeds: list[int],
+                log: Callable[[str], None] = print
+                ) -> dict[Key, ml_collections.ConfigDict]:
   """The resolved config of every (method, seed), validated before anything runs."""
+  if not methods:
+    raise UserError("no methods to compare: pass --methods or set the config's methods.")
   bad = [m for m in methods if m not in ltmethods.METHODS]
   if bad:
-    raise ValueError(f"Unknown methods {bad}; valid methods: {', '.join(ltmethods.METHODS)}.")
+    raise UserError(f"Unknown methods {bad}; valid methods: {', '.join(ltmethods.METHODS)}.")
   path, _, arg = spec.partition(":")
   module = load_config_module(path)
-  configs = {}
-  for method in methods:
-    for seed in seeds:
-      config = module.get_config(with_args(arg, method=method, seed=seed))
-      skipped = apply_overrides(config, overrides)
-      if skipped and seed == seeds[0]:
-        logging.warning("%s: no config field %s; override skipped.", method, skipped)
-      runner.validate_names(config)
-      runner.build_recipe(config)  # hyperparameters checked before any run starts
-      configs[(method, seed)] = config
+  configs = {(m, s): _method_config(module, arg, m, s) for m in methods for s in seeds}
+  check_overrides(overrides, {m: configs[(m, seeds[0])] for m in methods}, log)
+  for config in configs.values():
+    apply_overrides(config, overrides)
+    runner.validate_names(config)
+    runner.build_recipe(config)  # hyperparameters checked before any run starts
   return configs
 
 
@@ -126,25 +175,92 @@ def run_dir(workdir: str, method: str, seed: int) -> str:
 
 def is_complete(directory: str) -> bool:
   path = os.path.join(directory, "results.json")
-  return os.path.exists(path) and reporting.read_json(path).get("extra", {}).get("complete")
+  return os.path.exists(path) and bool(
+      reporting.read_json(path).get("extra", {}).get("complete"))
 
 
-def run_sequential(configs, workdir: str) -> None:
+def run_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The fingerprinted fields of the run `runner.run` would make of `config`."""
+  return workdir_lib.fingerprint_fields(runner.resolve(config, runner.build_recipe(config)))
+
+
+def pending_runs(configs: dict[Key, ml_collections.ConfigDict], workdir: str,
+                 on_mismatch: str) -> list[Key]:
+  """The runs to train: all but the complete runs of the same config (skipped, with a note).
+
+  Raises:
+    UserError: under on_mismatch="refuse", run folders that hold a run of another config
+      (each named with its differing fields).
+  """
+  pending, mismatched = [], []
   for (method, seed), config in configs.items():
     directory = run_dir(workdir, method, seed)
-    if is_complete(directory):
+    diffs = workdir_lib.mismatch(directory, run_fields(config))
+    if diffs:
+      mismatched.append(f"{directory} ({'; '.join(diffs)})")
+    if diffs or not is_complete(directory):
+      pending.append((method, seed))
+    else:
       print(f"{method} seed {seed}: complete in {directory}, skipped.", flush=True)
-      continue
+  if mismatched and on_mismatch == "refuse":
+    raise UserError(f"run folders hold runs of another config: {' | '.join(mismatched)}. "
+                    "Rerun with --on_mismatch=fresh (moves each to <run folder>-old<N> and "
+                    "trains it again) or use another --workdir.")
+  return pending
+
+
+def _failure(key: Key, directory: str, error: Exception) -> dict[str, Any]:
+  """A failed run: method, seed, one-line reason and the log holding its traceback."""
+  first_line = (str(error).strip().splitlines() or [""])[0]
+  reason = first_line if isinstance(error, UserError) else (
+      f"{type(error).__name__}: {first_line}")
+  log = os.path.join(directory, "error.log")
+  with contextlib.suppress(OSError):
+    os.makedirs(directory, exist_ok=True)
+    with open(log, "w") as f:
+      f.write("".join(traceback.format_exception(error)))
+  return {"method": key[0], "seed": key[1], "reason": reason, "log": log}
+
+
+def run_sequential(configs: dict[Key, ml_collections.ConfigDict], pending: list[Key],
+                   workdir: str, on_mismatch: str) -> list[dict[str, Any]]:
+  """Runs the pending runs one after another in this process; returns the failures."""
+  failures = []
+  import_s = cli.seconds_since_start()
+  for method, seed in pending:
+    directory = run_dir(workdir, method, seed)
     print(f"=== {method} seed {seed} -> {directory}", flush=True)
-    runner.run(config, directory)
+    try:
+      runner.run(configs[(method, seed)], directory, on_mismatch=on_mismatch,
+                 import_s=import_s)
+    except Exception as e:  # pylint: disable=broad-except  # reported, the others go on
+      failures.append(_failure((method, seed), directory, e))
+      print(f"{method} seed {seed} failed: {failures[-1]['reason']} (log: "
+            f"{failures[-1]['log']})", flush=True)
+    import_s = 0.0
+  return failures
 
 
-def run_parallel(configs, workdir: str, parallel: int) -> None:
-  """Runs each (method, seed) as `python -m experiments.compare` worker, N at a time."""
-  passthrough = [a for a in sys.argv[1:] if a.startswith(("--config", "-config"))]
-  pending = [(m, s) for (m, s) in configs if not is_complete(run_dir(workdir, m, s))]
-  running: list[tuple[tuple[str, int], subprocess.Popen, Any]] = []
-  failed = []
+def _worker_reason(path: str, key: Key) -> str:
+  """A failed worker's reason: the last line of its log, less `report_failures`' framing."""
+  with open(path) as f:
+    lines = [line.strip() for line in f if line.strip()]
+  reason = lines[-1] if lines else "(empty log)"
+  reason = reason.removeprefix(f"{key[0]} seed {key[1]}: ")
+  return reason.rpartition(" (log: ")[0] or reason
+
+
+def run_parallel(pending: list[Key], workdir: str, parallel: int, on_mismatch: str
+                 ) -> list[dict[str, Any]]:
+  """Runs each pending run as a `python -m experiments.compare` worker, N at a time.
+
+  Returns the failures (reason: the worker's report, the last line of its stdout.log).
+  """
+  passthrough = [a for a in sys.argv[1:]
+                 if a.startswith(("--config", "-config", f"--{cli.CACHE_FLAG}"))]
+  pending = list(pending)
+  running: list[tuple[Key, subprocess.Popen, Any]] = []
+  failures = []
   while pending or running:
     while pending and len(running) < parallel:
       method, seed = pending.pop(0)
@@ -153,7 +269,7 @@ def run_parallel(configs, workdir: str, parallel: int) -> None:
       log = open(os.path.join(directory, "stdout.log"), "a")
       cmd = [sys.executable, "-m", "experiments.compare", *passthrough,
              f"--methods={method}", f"--seeds={seed}", f"--workdir={workdir}",
-             "--parallel=1", "--nosummarize"]
+             f"--on_mismatch={on_mismatch}", "--parallel=1", "--nosummarize"]
       print(f"=== {method} seed {seed} -> {directory} (subprocess)", flush=True)
       running.append(((method, seed), subprocess.Popen(cmd, stdout=log,
                                                        stderr=subprocess.STDOUT), log))
@@ -164,11 +280,19 @@ def run_parallel(configs, workdir: str, parallel: int) -> None:
         log.close()
         running.remove(item)
         if proc.returncode:
-          failed.append(key)
-          print(f"{key[0]} seed {key[1]} failed (exit {proc.returncode}); see "
-                f"{run_dir(workdir, *key)}/stdout.log", flush=True)
-  if failed:
-    raise RuntimeError(f"Runs failed: {failed}.")
+          failures.append({"method": key[0], "seed": key[1],
+                           "reason": _worker_reason(log.name, key), "log": log.name})
+          print(f"{key[0]} seed {key[1]} failed (exit {proc.returncode}); see {log.name}",
+                flush=True)
+  return failures
+
+
+def report_failures(failures: list[dict[str, Any]], num_runs: int) -> None:
+  """Prints the failed runs: method, seed, reason, log."""
+  lines = [f"{len(failures)} of {num_runs} runs failed:"]
+  lines += [f"  {f['method']} seed {f['seed']}: {f['reason']} (log: {f['log']})"
+            for f in failures]
+  print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def summarize(workdir: str, methods: list[str], seeds: list[int]) -> dict[str, Any]:
@@ -182,55 +306,69 @@ def summarize(workdir: str, methods: list[str], seeds: list[int]) -> dict[str, A
         runs.append((seed, reporting.read_json(path)))
     entry = {m: reporting.aggregate(r["final"].get(m) for _, r in runs) for m in METRICS}
     entry["best_top1"] = reporting.aggregate(r["extra"].get("best_top1") for _, r in runs)
-    entry["epoch_time_s"] = reporting.aggregate(r["timing"].get("epoch_time_s")
-                                                for _, r in runs)
-    entry["wall_time_s"] = reporting.aggregate(r["timing"].get("wall_time_s")
-                                               for _, r in runs)
+    for name in ("epoch_time_s", "compile_s", "wall_time_s"):
+      entry[name] = reporting.aggregate(r["timing"].get(name) for _, r in runs)
     entry["seeds"] = [s for s, _ in runs]
     entry["per_seed"] = {str(s): r["final"] for s, r in runs}
     table[method] = entry
-  header = ["method", "top-1", "many", "medium", "few", "epoch (s)", "wall (s)", "seeds"]
+  header = ["method", "top-1", "many", "medium", "few", "epoch (s)", "compile (s)",
+            "wall (s)", "seeds"]
   rows = [[m, *(reporting.format_mean_std(e[k]) for k in METRICS),
            reporting.format_mean_std(e["epoch_time_s"], scale=1.0, digits=3),
+           reporting.format_mean_std(e["compile_s"], scale=1.0, digits=1),
            reporting.format_mean_std(e["wall_time_s"], scale=1.0, digits=1),
            str(len(e["seeds"]))] for m, e in table.items()]
-  markdown = ("Accuracy in % (mean ± std over seeds); epoch time: median per run, "
-              "first epoch (compilation) excluded.\n\n" + reporting.markdown_table(header, rows))
+  markdown = ("Accuracy in % (mean ± std over seeds); epoch time: median per run, each "
+              "process's first (compiling) epoch excluded; compile: JAX tracing, lowering "
+              "and XLA compilation; compile and wall time summed over the processes that "
+              "trained the run.\n\n" + reporting.markdown_table(header, rows))
   reporting.write_json(os.path.join(workdir, "comparison.json"),
                        {"methods": table, "seeds": seeds})
-  with open(os.path.join(workdir, "comparison.md"), "w") as f:
-    f.write(markdown)
+  workdir_lib.write_text(os.path.join(workdir, "comparison.md"), markdown)
   print(markdown, flush=True)
   return table
 
 
+def _seeds(base: ml_collections.ConfigDict) -> list[int]:
+  try:
+    return [int(s) for s in (FLAGS.seeds or str(base.get("seeds", "0")).split(","))]
+  except ValueError:
+    raise UserError(f"--seeds must be integers, got {FLAGS.seeds}.") from None
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise UserError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.parallel < 1:
+    raise UserError(f"--parallel must be >= 1, got {FLAGS.parallel}.")
   logging.set_verbosity(logging.WARNING)
-  base = _CONFIG.value
-  runner.maybe_initialize_distributed(base, _JAX_DISTRIBUTED.value)
-  spec = flags.FLAGS["config"].config_filename
-  overrides = dict(config_flags.get_override_values(flags.FLAGS["config"]))
-  methods = _METHODS.value or [m for m in base.get("methods", "").split(",") if m]
-  try:
-    seeds = [int(s) for s in (_SEEDS.value or str(base.get("seeds", "0")).split(","))]
-  except ValueError:
-    raise app.UsageError(f"--seeds must be integers, got {_SEEDS.value}.") from None
-  if _PARALLEL.value < 1:
-    raise app.UsageError(f"--parallel must be >= 1, got {_PARALLEL.value}.")
-  workdir = _WORKDIR.value or os.path.join(
+  base = FLAGS.config
+  runner.maybe_initialize_distributed(base, FLAGS.jax_distributed)
+  spec = FLAGS["config"].config_filename
+  overrides = dict(config_flags.get_override_values(FLAGS["config"]))
+  methods = FLAGS.methods or [m for m in base.get("methods", "").split(",") if m]
+  seeds = _seeds(base)
+  workdir = FLAGS.workdir or os.path.join(
       "/tmp/ltjax_compare", os.path.splitext(os.path.basename(spec.partition(":")[0]))[0])
   configs = run_configs(spec, overrides, methods, seeds)
   print(f"Comparing {methods} over seeds {seeds} in {workdir}", flush=True)
-  if _PARALLEL.value > 1:
-    run_parallel(configs, workdir, _PARALLEL.value)
+  pending = pending_runs(configs, workdir, FLAGS.on_mismatch)
+  if FLAGS.parallel > 1:
+    failures = run_parallel(pending, workdir, FLAGS.parallel, FLAGS.on_mismatch)
   else:
-    run_sequential(configs, workdir)
-  if _SUMMARIZE.value:
+    failures = run_sequential(configs, pending, workdir, FLAGS.on_mismatch)
+  if FLAGS.summarize:
     summarize(workdir, methods, seeds)
+  if failures:
+    report_failures(failures, len(configs))
+    sys.exit(1)
+
+
+def run() -> None:
+  """The script (`python -m experiments.compare`, the `ltjax-compare` console script)."""
+  define_flags()
+  cli.run(main)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+  run()

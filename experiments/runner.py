@@ -7,6 +7,7 @@ See experiments/train.py for what a run writes to its workdir.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any, Callable
@@ -15,6 +16,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from experiments import cli, timing
+from experiments import workdir as workdir_lib
+from experiments.cli import UserError
 from ltjax import augment, plots, reporting
 from ltjax import data as ltdata
 from ltjax import methods as ltmethods
@@ -35,19 +39,26 @@ CIFAR_STATS = {
 
 def _valid(kind: str, name: str, valid: tuple[str, ...] | list[str]) -> None:
   if name not in valid:
-    raise ValueError(f"Unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}.")
+    raise UserError(f"Unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}.")
 
 
 def validate_names(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError (listing the valid names) for an unknown method, dataset or model."""
+  """Raises UserError (a ValueError listing the valid names) for an unknown method, dataset,
+  model, normalisation or protocol, a count below 1, or a warm-up as long as the run."""
   _valid("method", config.method, ltmethods.METHODS)
   _valid("dataset", config.dataset.name, ltdata.DATASETS)
   _valid("model", config.model.name, sorted(models.MODELS))
   _valid("normalization", config.get("normalize", "cifar"), NORMALIZATIONS)
   _valid("protocol", config.get("protocol", "paper"), ltmethods.protocols.KINDS)
-  for name in ("num_epochs", "batch_size", "eval_every", "checkpoint_every"):
+  for name in ("num_epochs", "batch_size", "eval_batch_size", "eval_every",
+               "checkpoint_every", "keep_checkpoints"):
     if config[name] < 1:
-      raise ValueError(f"config.{name} must be >= 1, got {config[name]}.")
+      raise UserError(f"config.{name} must be >= 1, got {config[name]}.")
+  warmup = config.schedule.get("warmup_epochs", 0)
+  if warmup >= config.num_epochs:
+    raise UserError(f"config.schedule.warmup_epochs={warmup} >= config.num_epochs="
+                    f"{config.num_epochs}: the run would never reach its learning rate; "
+                    "shorten the warm-up or train longer.")
 
 
 def build_recipe(config: ml_collections.ConfigDict) -> recipe_lib.Recipe:
@@ -55,11 +66,26 @@ def build_recipe(config: ml_collections.ConfigDict) -> recipe_lib.Recipe:
 
   config.recipe holds the protocol's hyperparameters already in the run's epochs (the config
   rescaled them); lists (a config read back from config.json) become tuples.
+
+  Raises:
+    UserError: a hyperparameter the recipe rejects.
   """
   hparams = {k: tuple(v) if isinstance(v, list) else v
              for k, v in config.recipe.to_dict().items()}
-  return ltmethods.get_recipe(config.method, num_epochs=config.num_epochs,
-                              protocol=config.get("protocol", "paper"), **hparams)
+  try:
+    return ltmethods.get_recipe(config.method, num_epochs=config.num_epochs,
+                                protocol=config.get("protocol", "paper"), **hparams)
+  except ValueError as e:
+    raise UserError(f"config.recipe of {config.method}: {e}") from e
+
+
+def resolve(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe
+            ) -> ml_collections.ConfigDict:
+  """The config a run records: references resolved, the model name of `model_name`."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.name = model_name(config, rcp)
+  return config
 
 
 def model_name(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe) -> str:
@@ -79,11 +105,18 @@ def build_model(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe,
 
 def check_setup(config: ml_collections.ConfigDict, num_classes: int,
                 sample_shape: tuple[int, ...]) -> tuple[recipe_lib.Recipe, Any]:
-  """Names, recipe hyperparameters and the method / model combination, before training."""
+  """Names, recipe hyperparameters and the method / model combination, before training.
+
+  Raises:
+    UserError: what is wrong with the config (the message says what).
+  """
   validate_names(config)
   rcp = build_recipe(config)
-  model = build_model(config, rcp, num_classes)
-  ltmethods.check_compatible(rcp, model, np.zeros((1,) + tuple(sample_shape), np.float32))
+  try:
+    model = build_model(config, rcp, num_classes)
+    ltmethods.check_compatible(rcp, model, np.zeros((1,) + tuple(sample_shape), np.float32))
+  except ValueError as e:
+    raise UserError(str(e)) from e
   return rcp, model
 
 
@@ -104,7 +137,7 @@ def normalizer(config: ml_collections.ConfigDict, train_images: np.ndarray
     pixels = train_images.reshape(-1, train_images.shape[-1]).astype(np.float64) / 255.0
     mean = tuple(float(m) for m in pixels.mean(0))
     std = tuple(max(float(s), 1e-3) for s in pixels.std(0))
-  return (lambda x: augment.normalize(x, mean, std)), {"mean": list(mean), "std": list(std)}
+  return augment.Normalize.of(mean, std), {"mean": list(mean), "std": list(std)}
 
 
 def augmenter(config: ml_collections.ConfigDict):
@@ -121,18 +154,26 @@ def augmenter(config: ml_collections.ConfigDict):
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> ltdata.ArrayDataset:
-  """The long-tailed training set and balanced test set named by config.dataset."""
+  """The long-tailed training set and balanced test set named by config.dataset.
+
+  Raises:
+    UserError: a dataset the trainer cannot train yet, bad long-tail arguments, or missing
+      data files (ltjax.data's message says how to get them).
+  """
   kwargs = config.dataset.to_dict()
   name = kwargs.pop("name")
   on_device = [n for n in ltdata.DEFAULT_LONGTAIL if n != "toy2d"]
   if name in ltdata.DATASETS and name not in on_device:
-    raise ValueError(f"Dataset {name!r} cannot be trained by experiments.train yet: it trains "
-                     f"on decoded image arrays held on the device ({', '.join(on_device)}). "
-                     "toy2d is 2-D feature data (see colabs/toy_decision_boundaries.ipynb); "
-                     "the file-list datasets need the grain input pipeline "
-                     "(ltjax.data.pipeline), which fit does not take yet.")
+    raise UserError(f"Dataset {name!r} cannot be trained by experiments.train yet: it trains "
+                    f"on decoded image arrays held on the device ({', '.join(on_device)}). "
+                    "toy2d is 2-D feature data (see colabs/toy_decision_boundaries.ipynb); "
+                    "the file-list datasets need the grain input pipeline "
+                    "(ltjax.data.pipeline), which fit does not take yet.")
   kwargs = {k: v for k, v in kwargs.items() if v is not None and v != ""}
-  return ltdata.get_dataset(name, **kwargs)
+  try:
+    return ltdata.get_dataset(name, **kwargs)
+  except (ValueError, FileNotFoundError) as e:
+    raise UserError(str(e)) from e
 
 
 def dataset_info(config: ml_collections.ConfigDict, ds: ltdata.ArrayDataset,
@@ -165,17 +206,30 @@ def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
   return schedules.get_schedule(s.name, base_lr=config.optim.lr)
 
 
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
+  """The steps `fit` takes per epoch: N // B, or ceil(N / B) without drop_last.
+
+  Raises:
+    UserError: a batch larger than the training set with drop_last (no step per epoch).
+  """
+  steps = loop.steps_per_epoch(num_train, config.batch_size, config.get("drop_last", True))
+  if steps < 1:
+    raise UserError(f"config.batch_size={config.batch_size} is larger than the training set "
+                    f"({num_train} images) and config.drop_last drops the partial batch: "
+                    "no step per epoch. Lower batch_size or set --config.drop_last=False.")
+  return steps
+
+
 def build_phases(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe,
                  num_train: int) -> list[trainer.Phase]:
   """The main phase, and CP-Mix's classifier fine-tuning when config.finetune.num_epochs.
 
-  The schedule counts the steps `fit` takes: N // B, or ceil(N / B) without drop_last.
+  The schedule counts the steps `fit` takes (`steps_per_epoch`).
   """
-  steps = loop.steps_per_epoch(num_train, config.batch_size, config.get("drop_last", True))
   o = config.optim
   main = trainer.Phase(rcp, config.num_epochs, optim.sgd(
-      lr_schedule(config, steps), momentum=o.momentum, nesterov=o.nesterov,
-      weight_decay=o.weight_decay))
+      lr_schedule(config, steps_per_epoch(config, num_train)), momentum=o.momentum,
+      nesterov=o.nesterov, weight_decay=o.weight_decay))
   phases = [main]
   ft = config.finetune
   if isinstance(rcp, ltmethods.CPMix) and ft.num_epochs > 0:
@@ -191,27 +245,6 @@ def make_mesh(config: ml_collections.ConfigDict):
   """Data-parallel mesh over config.num_devices (0: all); None on a single device."""
   num = config.num_devices or jax.device_count()
   return sharding.make_mesh(num) if num > 1 else None
-
-
-class MetricsCallback:
-  """`on_epoch_end` hook of `fit`: metrics.jsonl + TensorBoard rows, epoch times."""
-
-  def __init__(self, writer: reporting.MetricWriter):
-    self.writer = writer
-    self.epoch_times: list[float] = []
-    self._last = time.perf_counter()
-
-  def on_epoch_end(self, epoch: int, train: dict[str, float],
-                   evaluated: dict[str, Any] | None) -> None:
-    now = time.perf_counter()
-    self.epoch_times.append(now - self._last)
-    self._last = now
-    row = {f"train/{k}": v for k, v in train.items()}
-    if evaluated is not None:
-      row.update({f"eval/{k}": v for k, v in evaluated.items()
-                  if k not in ("per_class", "confusion")})
-    row["time/epoch_s"] = self.epoch_times[-1]
-    self.writer.write(epoch, row)
 
 
 def latest_epoch(workdir: str) -> int:
@@ -237,99 +270,200 @@ def _fit(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh
       loop=config.loop, drop_last=config.drop_last)
 
 
+def save_confusion(workdir: str, state: Any) -> None:
+  """Writes CP-Mix's confusion counts (state.method_state) to cp_confusion.npy atomically."""
+  workdir_lib.write_array(os.path.join(workdir, CP_CONFUSION_FILE),
+                          state.method_state["confusion"])
+
+
+def load_confusion(workdir: str, log: Callable[[str], None] = print) -> np.ndarray | None:
+  """cp_confusion.npy; None when absent, or unreadable (then it is removed, with a note)."""
+  path = os.path.join(workdir, CP_CONFUSION_FILE)
+  if not os.path.exists(path):
+    return None
+  confusion = workdir_lib.read_array(path)
+  if confusion is None:
+    log(f"{path} is unreadable (cut off by a kill?): removed; the CP-Mix pair view is "
+        "skipped.")
+    os.remove(path)
+  return confusion
+
+
 def train_phases(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh,
-                 stop_after):
+                 stop_after, log=print):
   """Runs `fit`; for CP-Mix stops once after the main phase to keep its confusion counts.
 
   Returns (FitResult, CP-Mix confusion counts or None).
   """
   main_epochs = phases[0].epochs
-  cp_file = os.path.join(workdir, CP_CONFUSION_FILE)
   end = sum(p.epochs for p in phases) if stop_after is None else stop_after
   if len(phases) > 1 and latest_epoch(workdir) < main_epochs <= end:
     result = _fit(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh,
                   main_epochs)
-    np.save(cp_file, np.asarray(result.state.method_state["confusion"]))
+    save_confusion(workdir, result.state)
   result = _fit(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh,
                 stop_after)
   if len(phases) == 1 and isinstance(phases[0].recipe, ltmethods.CPMix):
-    np.save(cp_file, np.asarray(result.state.method_state["confusion"]))
-  confusion = np.load(cp_file) if os.path.exists(cp_file) else None
-  return result, confusion
+    save_confusion(workdir, result.state)
+  return result, load_confusion(workdir, log)
 
 
-def write_plots(workdir: str, final: dict[str, Any], ds: ltdata.ArrayDataset) -> None:
+def write_plots(workdir: str, final: dict[str, Any], ds: ltdata.ArrayDataset,
+                config: ml_collections.ConfigDict) -> None:
+  """per_class_accuracy.png and confusion.png, titled with the method, dataset and seed."""
   names = list(ds.class_names)
+  run = f"{config.method} on {config.dataset.name}, seed {config.seed}"
   plots.per_class_accuracy_plot(final["per_class"], ds.train_counts,
-                                os.path.join(workdir, "per_class_accuracy.png"), names)
-  plots.confusion_plot(final["confusion"], names, os.path.join(workdir, "confusion.png"))
+                                os.path.join(workdir, "per_class_accuracy.png"), names,
+                                title=f"Per-class accuracy: {run}")
+  plots.confusion_plot(final["confusion"], names, os.path.join(workdir, "confusion.png"),
+                       title=f"Confusion matrix (row-normalised): {run}")
+
+
+def write_run_files(workdir: str, config: ml_collections.ConfigDict, ds: ltdata.ArrayDataset,
+                    norm: dict[str, Any]) -> None:
+  """config.json, dataset.json and env.json."""
+  reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  reporting.write_json(os.path.join(workdir, "dataset.json"), dataset_info(config, ds, norm))
+  reporting.write_json(os.path.join(workdir, "env.json"), reporting.environment_info())
+
+
+def check_stop_after(stop_after: int | None) -> None:
+  """Raises UserError for a --stop_after below 1 (None: no stop)."""
+  if stop_after is not None and stop_after < 1:
+    raise UserError(f"--stop_after must be >= 1 (the epochs after which to stop), got "
+                    f"{stop_after}; omit it to train to the end.")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None = None,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = print, on_mismatch: str = "refuse",
+        import_s: float = 0.0) -> dict[str, Any] | None:
   """Trains one run into `workdir` and returns the content of results.json.
+
+  The workdir rules (experiments/workdir.py): the run holds the workdir's lock, a workdir
+  holding a run of another config is refused, started afresh or forked (`on_mismatch`),
+  config.json / dataset.json / env.json are written before training a new run and after
+  the restore and training of a resumed one.
 
   Args:
     config: a resolved experiment config (experiments/configs/*.py).
     workdir: run folder; resumed from its latest checkpoint when it has one.
     stop_after: stop after this many global epochs (None: run to the end).
     log: where progress lines go.
+    on_mismatch: "refuse", "fresh" or "fork" (experiments/workdir.py).
+    import_s: the process's time before this call (imports, flags), for the timing.
+
+  Returns:
+    results.json's content; None when the run stopped (stop_after) before any evaluation.
+
+  Raises:
+    UserError: a config, data or workdir problem (the message says which and the fix).
   """
+  started = time.perf_counter()
+  check_stop_after(stop_after)
   validate_names(config)
-  wall_start = time.perf_counter()
+  rcp = build_recipe(config)
+  config = resolve(config, rcp)
+  fields = workdir_lib.fingerprint_fields(config)
+  with cli.disk_full_errors(workdir), \
+       workdir_lib.claim(workdir, fields, on_mismatch, log) as workdir:
+    return _run_locked(config, workdir, fields, stop_after, log, import_s, started)
+
+
+@dataclasses.dataclass
+class _Setup:
+  """What a run trains: data, model, recipe, phases (built once the workdir is claimed)."""
+  ds: ltdata.ArrayDataset
+  data: recipe_lib.DeviceDataset
+  rcp: recipe_lib.Recipe
+  model: Any
+  normalize_fn: Callable[[jax.Array], jax.Array]
+  norm: dict[str, Any]
+  phases: list[trainer.Phase]
+  steps: int
+  data_s: float
+
+
+def _setup(config: ml_collections.ConfigDict) -> _Setup:
+  """Data (timed), then the checks and builders, cheapest first."""
+  loading = time.perf_counter()
   ds = load_dataset(config)
-  rcp, model = check_setup(config, ds.num_classes, ds.train_images.shape[1:])
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.model.name = model_name(config, rcp)
-  os.makedirs(workdir, exist_ok=True)
-  normalize_fn, norm = normalizer(config, ds.train_images)
-  reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  reporting.write_json(os.path.join(workdir, "dataset.json"), dataset_info(config, ds, norm))
-  reporting.write_json(os.path.join(workdir, "env.json"), reporting.environment_info())
   data = recipe_lib.DeviceDataset.from_arrays(ds.train_images, ds.train_labels,
                                               ds.num_classes)
-  phases = build_phases(config, rcp, ds.train_labels.size)
-  start = latest_epoch(workdir)
-  if start:
-    log(f"Resuming {workdir} after epoch {start}.")
-  with reporting.MetricWriter(workdir, start_epoch=start) as writer:
-    callback = MetricsCallback(writer)
-    result, cp_confusion = train_phases(config, model, phases, data, normalize_fn, ds,
-                                        workdir, [callback], make_mesh(config), stop_after)
-    rows = list(writer.rows)
-  total = sum(p.epochs for p in phases)
-  times = callback.epoch_times
-  timing = {"wall_time_s": time.perf_counter() - wall_start,
-            "epoch_time_s": float(np.median(times[1:] if len(times) > 1 else times))
-                            if times else None,
-            "first_epoch_time_s": times[0] if times else None,
-            "epochs_this_process": len(times), "epochs_done": result.epochs_done,
-            "num_epochs": total, "resumed_from_epoch": start}
-  final = result.final_metrics
-  if final is None:
-    raise RuntimeError(f"No evaluation happened in {workdir}; nothing to report.")
+  data_s = time.perf_counter() - loading
+  steps = steps_per_epoch(config, ds.train_labels.size)
+  rcp, model = check_setup(config, ds.num_classes, ds.train_images.shape[1:])
+  normalize_fn, norm = normalizer(config, ds.train_images)
+  return _Setup(ds, data, rcp, model, normalize_fn, norm,
+                build_phases(config, rcp, ds.train_labels.size), steps, data_s)
+
+
+def _run_locked(config, workdir, fields, stop_after, log, import_s, started):
+  """`run` once the workdir is claimed: setup, training, timing segment, reports."""
+  with timing.compile_clock() as compiled:
+    setup = _setup(config)
+    resuming = workdir_lib.holds_run(workdir)
+    if not resuming:
+      write_run_files(workdir, config, setup.ds, setup.norm)
+      workdir_lib.start_record(workdir, fields)
+    start = latest_epoch(workdir)
+    if start:
+      log(f"Resuming {workdir} after epoch {start}.")
+    with reporting.RunLogger(workdir, steps_per_epoch=setup.steps, start_epoch=start,
+                             class_names=setup.ds.class_names, config=config) as callback:
+      fit_start, compile_before = time.perf_counter(), compiled()
+      try:
+        result, cp_confusion = train_phases(
+            config, setup.model, setup.phases, setup.data, setup.normalize_fn, setup.ds,
+            workdir, [callback], make_mesh(config), stop_after, log)
+      finally:
+        segments = workdir_lib.segments(workdir)
+        if callback.epoch_times:
+          end = time.perf_counter()
+          segments = workdir_lib.add_segment(workdir, fields, timing.segment(
+              from_epoch=start, epoch_times=callback.epoch_times, import_s=import_s,
+              data_s=setup.data_s, compile_s=compiled(), fit_s=end - fit_start,
+              fit_compile_s=compiled() - compile_before, run_s=end - started))
+      rows = list(callback.rows)
+  if resuming:
+    write_run_files(workdir, config, setup.ds, setup.norm)
+  if result.final_metrics is None:
+    log(f"{config.method}: stopped after epoch {result.epochs_done} (checkpoint saved); no "
+        f"evaluation yet, rerun to continue -> {workdir}")
+    return None
+  total = sum(p.epochs for p in setup.phases)
+  times = timing.summary(segments, epochs_this_process=len(callback.epoch_times),
+                         epochs_done=result.epochs_done, num_epochs=total,
+                         resumed_from_epoch=start)
+  return _report(config, workdir, fields, setup, result, cp_confusion, rows, times, log)
+
+
+def _report(config, workdir, fields, setup, result, cp_confusion, rows, times, log):
+  """Plots, the method's view and results.json of a run that was evaluated."""
+  ds, final, total = setup.ds, result.final_metrics, times["num_epochs"]
   extra = {"method": config.method, "complete": result.epochs_done >= total,
            "best_epoch": result.best_epoch,
            "best_top1": (result.best_metrics or {}).get("top1")}
   if config.plots:
-    write_plots(workdir, final, ds)
+    write_plots(workdir, final, ds, config)
     from experiments import analysis  # pylint: disable=import-outside-toplevel
     state = result.state
     extra["method_view"] = analysis.method_views(
-        rcp, workdir, ds.train_counts, list(ds.class_names), seed=config.seed,
+        setup.rcp, workdir, ds.train_counts, list(ds.class_names), seed=config.seed,
         num_draws=config.analysis_draws,
         method_state={"confusion": cp_confusion} if cp_confusion is not None else None,
-        model_state=(model.apply, state.params, state.batch_stats, state.method_state),
-        data=data, normalize_fn=normalize_fn, batch_size=config.batch_size)
-  results = reporting.summarize_run(rows, final, ds.class_names, ds.train_counts, timing,
+        model_state=(setup.model.apply, state.params, state.batch_stats,
+                     state.method_state),
+        data=setup.data, normalize_fn=setup.normalize_fn, batch_size=config.batch_size)
+  results = reporting.summarize_run(rows, final, ds.class_names, ds.train_counts, times,
                                     extra)
   results["protocol"] = protocol_info(config)
+  results["fingerprint"] = workdir_lib.fingerprint(fields)
   reporting.write_json(os.path.join(workdir, "results.json"), results)
   f = results["final"]
   log(f"{config.method}: top1 {100 * f['top1']:.2f}  many {pct(f.get('many'))}  "
       f"medium {pct(f.get('medium'))}  few {pct(f.get('few'))}  "
-      f"({timing['wall_time_s']:.1f} s) -> {workdir}")
+      f"({times['wall_time_s']:.1f} s over {times['processes']} process(es)) -> {workdir}")
   return results
 
 

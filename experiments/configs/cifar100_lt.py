@@ -12,7 +12,8 @@ Usage:
   python -m experiments.train \
       --config=experiments/configs/cifar100_lt.py:method=cp_mix,rho=100 --workdir=/tmp/cp
 Arguments: method, protocol (paper|code), rho, profile (exp|step), seed, epochs (rescales
-the protocol), quick.
+the protocol), quick. `--config.dataset.data_dir=PATH` says where the dataset's files are
+(default: the search path of `ltjax.data`, `LTJAX_DATA_DIR`).
 """
 
 from experiments.configs import common

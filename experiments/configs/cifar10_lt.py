@@ -13,7 +13,8 @@ Usage:
   python -m experiments.compare --config=experiments/configs/cifar10_lt.py:rho=100 \
       --methods=erm,mixup_drw,dbn_mix --seeds=0,1,2 --workdir=/tmp/cifar10_lt
 Arguments: method, protocol (paper|code), rho, profile (exp|step), seed, epochs (rescales
-the protocol), quick.
+the protocol), quick. `--config.dataset.data_dir=PATH` says where the dataset's files are
+(default: the search path of `ltjax.data`, `LTJAX_DATA_DIR`).
 """
 
 from experiments.configs import common

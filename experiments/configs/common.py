@@ -15,9 +15,10 @@ comma-separated list of `key=value` (big_vision's `parse_arg` pattern):
 | rho      | imbalance ratio n_max / n_min of the training set                        |
 | profile  | "exp" or "step" long-tail profile                                        |
 | seed     | seed of the long-tailed subset *and* of training (one seed per run)      |
-| epochs   | run length; every epoch-valued field (warm-up, milestones, DRW /         |
-|          | deferral / stage-2 epochs, fine-tuning) is rescaled from the protocol's  |
-|          | length by `ltjax.methods.protocols.rescale`                              |
+| epochs   | run length (>= 1; omit it for the protocol's length); every              |
+|          | epoch-valued field (warm-up, milestones, DRW / deferral / stage-2        |
+|          | epochs, fine-tuning) is rescaled from the protocol's length by           |
+|          | `ltjax.methods.protocols.rescale` (see `rescaled`)                       |
 | quick    | smoke-test variant: few epochs, small model, frequent evaluation         |
 
 Every method's CIFAR-LT training protocol lives once, in `ltjax.methods.protocols`; a
@@ -25,6 +26,15 @@ dataset file only states what differs on that dataset (`make_config`'s `base`,
 `method_overrides`, and `code_overrides` for protocol=code). The resolved config records
 `protocol`, the table it `reproduces` and the protocol's `source`. Command-line
 `--config.X=Y` flags are applied after `get_config`, on the resolved values.
+
+A rescaled schedule must keep its shape (`rescaled`): a milestone, DRW, deferral or stage-2
+epoch that lands on epoch 0 (e.g. `epochs=1`: the whole run at the decayed rate) is a
+ValueError naming the fields and the shortest run that avoids it; two milestones, or a
+milestone and a DRW / deferral / stage-2 epoch, that merge on one epoch where they were
+distinct give a `ScheduleCollapseWarning` (the `quick` smoke runs merge them by design).
+
+Every config has `dataset.data_dir`, a typed placeholder (None: `ltjax.data`'s search path,
+`LTJAX_DATA_DIR`), so `--config.dataset.data_dir=PATH` points any config at its files.
 
 Epoch numbers are 0-based epochs of the protocol's full-length run (a milestone 160 means
 the rate drops from the first step of epoch 160, which is what the reference code's
@@ -34,6 +44,7 @@ the rate drops from the first step of epoch 160, which is what the reference cod
 from __future__ import annotations
 
 import ast
+import warnings
 from typing import Any, Mapping
 
 import ml_collections
@@ -126,6 +137,76 @@ def _convert(raw: str, default: Any, key: str) -> Any:
   return raw
 
 
+class ScheduleCollapseWarning(UserWarning):
+  """Distinct schedule epochs merged by rescaling to a short run."""
+
+
+# Epoch-valued recipe fields that mark a change of training (DRW, deferral, stage 2).
+_SWITCHES = tuple(p for p in protocols.EPOCH_FIELDS if p.startswith("recipe."))
+
+
+def _epochs_of(config: Mapping[str, Any]) -> dict[str, list[int]]:
+  """Epoch-valued fields (milestones and recipe switches) -> their epochs."""
+  out = {}
+  schedule = config.get("schedule", {})
+  if schedule.get("milestones"):
+    out["schedule.milestones"] = [int(m) for m in schedule["milestones"]]
+  for path in _SWITCHES:
+    value = config.get("recipe", {}).get(path.split(".")[1])
+    if value is not None:
+      out[path] = [int(value)]
+  return out
+
+
+def _scaled(epoch: int, num_epochs: int, of: int) -> int:
+  return num_epochs * epoch // of
+
+
+def collapses(config: Mapping[str, Any], num_epochs: int) -> tuple[list[str], list[str]]:
+  """What rescaling `config` to `num_epochs` would collapse: (fatal, merged) descriptions.
+
+  Fatal: an epoch > 0 that lands on epoch 0 (a milestone: the whole run at the decayed
+  rate; DRW / deferral / stage 2: the method from its first step). Merged: two distinct
+  epochs (milestones, or a milestone and a switch) that land on one epoch.
+  """
+  of = int(config["num_epochs"])
+  fields = _epochs_of(config)
+  fatal = [f"{path} {e} (of {of}) -> epoch 0" for path, epochs in fields.items()
+           for e in epochs if e > 0 and _scaled(e, num_epochs, of) == 0]
+  landing: dict[int, set[tuple[str, int]]] = {}
+  for path, epochs in fields.items():
+    for e in epochs:
+      landing.setdefault(_scaled(e, num_epochs, of), set()).add((path, e))
+  merged = [f"{' and '.join(f'{p} {e}' for p, e in sorted(group))} (of {of}) -> epoch {at}"
+            for at, group in sorted(landing.items())
+            if len({e for _, e in group}) > 1 and at > 0]
+  return fatal, merged
+
+
+def rescaled(config: Mapping[str, Any], num_epochs: int) -> Nested:
+  """`protocols.rescale(config, num_epochs)`, refusing a collapsed schedule (`collapses`).
+
+  Raises:
+    ValueError: num_epochs < 1, or a fatal collapse (names the fields and the shortest run
+      length that keeps every epoch after epoch 0).
+  Warns:
+    ScheduleCollapseWarning: distinct epochs merged on one epoch.
+  """
+  if num_epochs < 1:
+    raise ValueError(f"epochs must be >= 1; omit it for the protocol's length (got "
+                     f"{num_epochs}).")
+  fatal, merged = collapses(config, num_epochs)
+  if fatal:
+    of = int(config["num_epochs"])
+    shortest = max(-(-of // e) for epochs in _epochs_of(config).values() for e in epochs if e)
+    raise ValueError(f"epochs={num_epochs} collapses the {of}-epoch schedule: "
+                     f"{'; '.join(fatal)}; use epochs >= {shortest}.")
+  for text in merged:
+    warnings.warn(f"epochs={num_epochs} merges {text}.", ScheduleCollapseWarning,
+                  stacklevel=2)
+  return protocols.rescale(config, num_epochs)
+
+
 def apply(config: Mapping[str, Any], update: Mapping[str, Any] | None) -> Nested:
   """`update` merged over `config`; when it sets another run length, `config` is first
   rescaled to it, so the update's epoch numbers and the rest agree."""
@@ -161,6 +242,7 @@ def make_config(arg: str | None, *, dataset: Nested, base: Nested | None = None,
     default_method: method when the argument names none.
     default_rho: imbalance ratio when the argument names none.
     default_epochs: run length when the argument names none (0: the protocol's length).
+      The dataset section gets a `data_dir` placeholder (str) unless `dataset` sets one.
 
   Returns:
     The ConfigDict (fields: dataset, method, protocol, reproduces, source, recipe, model,
@@ -168,10 +250,14 @@ def make_config(arg: str | None, *, dataset: Nested, base: Nested | None = None,
     eval_every, checkpoint_every, ... and `arg`, the parsed argument string).
 
   Raises:
-    ValueError: unknown argument, method or protocol.
+    ValueError: unknown argument, method or protocol; epochs < 1; a rescaled schedule that
+      collapses (`rescaled`).
   """
   args = parse_arg(arg, method=default_method, protocol="paper", rho=float(default_rho),
-                   profile="exp", seed=0, epochs=0, quick=False)
+                   profile="exp", seed=0, epochs=None, quick=False)
+  if args.epochs is not None and (not isinstance(args.epochs, int) or args.epochs < 1):
+    raise ValueError(f"epochs must be >= 1; omit it for the protocol's length (got "
+                     f"{args.epochs!r}).")
   config = protocols.get_protocol(args.method, args.protocol)
   for update in (base, (method_overrides or {}).get(args.method),
                  (code_overrides or {}).get(args.method) if args.protocol == "code" else None):
@@ -182,10 +268,11 @@ def make_config(arg: str | None, *, dataset: Nested, base: Nested | None = None,
                                                   "seed": args.seed}))
   if args.quick:
     quick_cfg = protocols.merge(QUICK, quick or {})
-    config = protocols.rescale(config, args.epochs or quick_cfg["num_epochs"])
+    config = rescaled(config, args.epochs or quick_cfg["num_epochs"])
     config = protocols.merge(config, {k: v for k, v in quick_cfg.items() if k != "num_epochs"})
   elif args.epochs or default_epochs:
-    config = protocols.rescale(config, args.epochs or default_epochs)
+    config = rescaled(config, args.epochs or default_epochs)
+  config["dataset"].setdefault("data_dir", ml_collections.config_dict.placeholder(str))
   config["recipe"] = resolved_recipe(args.method, args.protocol, config["num_epochs"],
                                      config.get("recipe", {}))
   config["arg"] = arg or ""

@@ -29,7 +29,6 @@ BASE = {
     "checkpoint_every": 5,
     "eval_batch_size": 512,
     "analysis_draws": 10,
-    "progress": False,
     "reproduces": "nothing: the quickstart's toy dataset",
 }
 QUICK = {"num_epochs": 3, "batch_size": 32}

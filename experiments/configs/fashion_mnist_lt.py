@@ -10,7 +10,8 @@ Usage:
       --config=experiments/configs/fashion_mnist_lt.py:method=mamix_drw,epochs=50 \
       --workdir=/tmp/fmnist
 Arguments: method, protocol (paper|code), rho, profile (exp|step), seed, epochs (rescales
-the protocol), quick.
+the protocol), quick. `--config.dataset.data_dir=PATH` says where the dataset's files are
+(default: the search path of `ltjax.data`, `LTJAX_DATA_DIR`).
 """
 
 from experiments.configs import common

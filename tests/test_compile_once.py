@@ -1,0 +1,49 @@
+"""Nothing compiles twice: another seed, learning rate or recipe hyperparameter reuses the
+executables of the first run (`loop.StepInputs`, the schedule in the optimiser state, and
+the scripts' persistent compilation cache)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = "experiments/configs/digits_lt.py:quick,epochs=2"
+
+
+def _compare(cache: pathlib.Path, workdir: pathlib.Path, *args: str) -> None:
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.compare", f"--config={CONFIG}",
+       f"--compilation_cache={cache}", f"--workdir={workdir}", "--methods=mixup_drw",
+       "--config.plots=False", *args],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _entries(cache: pathlib.Path) -> set[str]:
+  return {p.name for p in cache.iterdir()} if cache.exists() else set()
+
+
+@pytest.mark.slow
+def test_other_seeds_rates_and_hyperparameters_compile_nothing(tmp_path):
+  cache = tmp_path / "cache"
+  _compare(cache, tmp_path / "first", "--seeds=0")
+  first = _entries(cache)
+  assert len(first) > 10  # the scripts cache every executable, however small
+  # A new process; seeds 1 and 2 one after the other in it; another learning rate, mixup
+  # alpha and DRW epoch: every executable must come from the cache.
+  _compare(cache, tmp_path / "second", "--seeds=1,2", "--config.optim.lr=0.07",
+           "--config.recipe.alpha=0.4", "--config.recipe.drw_epoch=1")
+  assert _entries(cache) == first, sorted(_entries(cache) - first)
+
+
+def test_the_cache_can_be_turned_off(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  code = ("import jax; from experiments import cli; cli.enable_compilation_cache('none');"
+          "print(jax.config.jax_compilation_cache_dir)")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.stdout.strip() in ("None", ""), proc.stdout

@@ -2,7 +2,10 @@
 
 All accuracies are fractions in [0, 1] (multiply by 100 for the percentages of the papers).
 The array functions are jit-safe (static `num_classes` / `k`); `evaluate_logits` runs on the
-host and returns plain Python values for results files.
+host and returns plain Python values for results files. For test sets too large to hold
+their (N, K) logits on the host (iNaturalist: 24k x 8,142), `batch_counts` reduces a batch
+to `EvalCounts`, which sum over batches on the device, and `summarize_counts` gives the
+same summary as `evaluate_logits` from them.
 
 - top-k and per-class accuracy; many / medium / few accuracy (classes with > 100, 20..100,
   < 20 training images, SPEC section 1); confusion matrix.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -253,4 +257,87 @@ def evaluate_logits(logits: ArrayLike, labels: ArrayLike,
       "per_class": [float(a) for a in np.asarray(per_class)],
       **{name: float(value) for name, value in groups.items()},
       "confusion": np.asarray(confusion_matrix(labels, predictions, num_classes)).tolist(),
+  }
+
+
+# Above this many classes the K x K confusion counts are not accumulated (iNaturalist's
+# 8,142 classes would make it 66 M entries); per-class accuracy is always kept.
+CONFUSION_MAX_CLASSES = 1000
+
+
+@flax.struct.dataclass
+class EvalCounts:
+  """Sufficient statistics of a test evaluation; `+` sums those of two batches.
+
+  Attributes:
+    total: (K,) int32 test samples per class.
+    correct: (K,) int32 top-1 hits per class.
+    top5: () int32 samples whose label is among the top-min(5, K) logits.
+    loss: () float32 summed cross-entropy -log softmax(z)_y.
+    confusion: (K, K) int32 counts (rows true, columns predicted), or None when K >
+      CONFUSION_MAX_CLASSES.
+  """
+  total: jax.Array
+  correct: jax.Array
+  top5: jax.Array
+  loss: jax.Array
+  confusion: jax.Array | None
+
+  def __add__(self, other: "EvalCounts") -> "EvalCounts":
+    return jax.tree.map(jnp.add, self, other)
+
+
+def batch_counts(logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None
+                 ) -> EvalCounts:
+  """`EvalCounts` of one batch; rows with mask False (padding) count nowhere.
+
+  Args:
+    logits: (B, K) logits.
+    labels: (B,) labels in [0, K).
+    mask: (B,) bool, True for real samples (default: all).
+
+  Returns:
+    EvalCounts (jit-safe; K static).
+  """
+  num_classes = _check_logits(logits, labels)
+  logits = jnp.asarray(logits, jnp.float32)
+  labels = jnp.asarray(labels, jnp.int32)
+  valid = jnp.ones(labels.shape, jnp.int32) if mask is None else jnp.asarray(mask, jnp.int32)
+  predictions = jnp.argmax(logits, axis=1)
+  _, top = jax.lax.top_k(logits, min(5, num_classes))
+  in_top = (top == labels[:, None]).any(axis=1)
+  nll = jax.nn.logsumexp(logits, axis=1) - jnp.take_along_axis(logits, labels[:, None], 1)[:, 0]
+  confusion = None
+  if num_classes <= CONFUSION_MAX_CLASSES:
+    flat = labels * num_classes + predictions
+    confusion = jax.ops.segment_sum(valid, flat, num_classes * num_classes).reshape(
+        num_classes, num_classes)
+  return EvalCounts(
+      total=jax.ops.segment_sum(valid, labels, num_classes),
+      correct=jax.ops.segment_sum(valid * (predictions == labels), labels, num_classes),
+      top5=jnp.sum(valid * in_top), loss=jnp.sum(valid * nll), confusion=confusion)
+
+
+def summarize_counts(counts: EvalCounts, train_counts: ArrayLike) -> dict[str, Any]:
+  """The `evaluate_logits` summary (plus "loss", the mean cross-entropy) from counts.
+
+  Returns:
+    dict: "top1", "top5", "per_class" (nan for a class absent from the test set), "many",
+    "medium", "few", "loss", and "confusion" (nested list, or None above
+    CONFUSION_MAX_CLASSES classes).
+  """
+  total = np.asarray(counts.total, np.int64)
+  correct = np.asarray(counts.correct, np.int64)
+  _checks.check_shape(train_counts, total.shape, "train_counts")
+  num = max(int(total.sum()), 1)
+  per_class = np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+  groups = group_accuracy(per_class, train_counts, total)
+  confusion = None if counts.confusion is None else np.asarray(counts.confusion).tolist()
+  return {
+      "top1": float(correct.sum() / num),
+      "top5": float(np.asarray(counts.top5) / num),
+      "per_class": [float(a) for a in per_class],
+      **{name: float(value) for name, value in groups.items()},
+      "confusion": confusion,
+      "loss": float(np.asarray(counts.loss) / num),
   }

@@ -211,7 +211,7 @@ def test_eval_loss_is_the_mean_test_cross_entropy():
                                np.array([50, 40, 30, 20, 10]))
   want = torch.nn.functional.cross_entropy(torch.tensor(logits, dtype=torch.float64),
                                            torch.tensor(labels))
-  assert result["loss"] == pytest.approx(float(want), rel=1e-12)
+  assert result["loss"] == pytest.approx(float(want), rel=1e-6)  # float32 on the device
   assert result["top1"] == pytest.approx(np.mean(logits.argmax(1) == labels))
 
 

@@ -66,6 +66,7 @@ QUICK: Nested = {"num_epochs": 4, "batch_size": 64, "model": {"name": "small_cnn
 # comes from `ltjax.methods.protocols`.
 RUN_DEFAULTS: Nested = {
     "seed": 0,
+    "model": {"dtype": "float32"},  # "bfloat16": mixed precision (ltjax.models.precision)
     "eval_every": 10,
     "checkpoint_every": 10,
     "keep_checkpoints": 2,

@@ -7,6 +7,8 @@
 | CP-Mix                         | accumulated confusion-pair counts C         | method_state after the main phase |
 | OTmix / CMO                    | foreground x background pair counts         | OT pairs of the trained model on fresh draws |
 
+`VIEWS` maps each recipe class to its views and `PAIR_LAWS` to the pairs whose occurrence
+it plots (looked up along the class's MRO, so a subclass inherits its parent's views).
 The occurrence statistics use fresh draws with fixed keys (`analysis_draws` batches), not
 the training trajectory, so they depend only on the class counts, the samplers and the
 label rule of the method.
@@ -14,8 +16,9 @@ label rule of the method.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,34 +52,63 @@ def occurrence(key: jax.Array, counts: jax.Array, law_a: jax.Array, law_b: jax.A
                                              counts.shape[0]))
 
 
+PairLaw = tuple[str, jax.Array, jax.Array, Callable]  # (name, law_a, law_b, label rule)
+
+
+def _lobm_pairs(rcp: lobm.LOBM, counts: jax.Array) -> list[PairLaw]:
+  laws = _class_laws(counts)
+  pairs = [("CB+CB (LOBM)", laws["CB"], laws["CB"], label_rules.vanilla)]
+  if rcp.defer_epoch is not None:
+    pairs.insert(0, ("IB+IB (before defer)", laws["IB"], laws["IB"], label_rules.vanilla))
+  return pairs
+
+
+def _mixup_pairs(rcp: mixup.Mixup, counts: jax.Array) -> list[PairLaw] | None:
+  if rcp.pairing != "random":  # nearest-neighbour pairs have no class law
+    return None
+  ib = _class_laws(counts)["IB"]
+  return [(f"IB+IB ({rcp.label_rule})", ib, ib, rcp.rule())]
+
+
+def _dbn_pairs(rcp: bilateral.DBNMix, counts: jax.Array) -> list[PairLaw]:
+  ib, rev = _class_laws(counts)["IB"], samplers.reverse_probs(counts, rcp.gamma)
+  return [("IB+rev, lam_c (branch c)", ib, rev,
+           lambda lam, n_a, n_b: label_rules.bilateral(lam)[0]),
+          ("IB+rev, lam_r (branch r)", ib, rev,
+           lambda lam, n_a, n_b: label_rules.bilateral(lam)[1])]
+
+
+def _sbn_pairs(rcp: bilateral.SBNMix, counts: jax.Array) -> list[PairLaw]:
+  rev = samplers.reverse_probs(counts, rcp.gamma)
+  return [("IB+rev (SBN-Mix)", _class_laws(counts)["IB"], rev, label_rules.vanilla)]
+
+
+# recipe class -> its mixing pairs (None: pairs without a class law).
+PAIR_LAWS: dict[type, Callable[[Any, jax.Array], list[PairLaw] | None]] = {
+    lobm.LOBM: _lobm_pairs,
+    mixup.Mixup: _mixup_pairs,
+    bilateral.DBNMix: _dbn_pairs,
+    bilateral.SBNMix: _sbn_pairs,
+}
+
+
+def lookup(table: dict[type, Any], rcp: recipe.Recipe) -> Any:
+  """The entry of the nearest class of `rcp`'s MRO in `table`, None when there is none."""
+  return next((table[cls] for cls in type(rcp).__mro__ if cls in table), None)
+
+
 def occurrence_series(rcp: recipe.Recipe, counts: jax.Array, key: jax.Array,
                       num_draws: int) -> dict[str, np.ndarray] | None:
   """The method's pair laws and their gamma_k; None for a method without mixing pairs."""
-  laws = _class_laws(counts)
-  if isinstance(rcp, lobm.LOBM):
-    pairs = [("CB+CB (LOBM)", laws["CB"], laws["CB"], label_rules.vanilla)]
-    if rcp.defer_epoch is not None:
-      pairs.insert(0, ("IB+IB (before defer)", laws["IB"], laws["IB"], label_rules.vanilla))
-    alpha = rcp.alpha
-  elif isinstance(rcp, mixup.Mixup) and rcp.pairing == "random":
-    pairs = [(f"IB+IB ({rcp.label_rule})", laws["IB"], laws["IB"], rcp.rule())]
-    alpha = rcp.alpha
-  elif isinstance(rcp, bilateral.DBNMix):
-    rev = samplers.reverse_probs(counts, rcp.gamma)
-    pairs = [("IB+rev, lam_c (branch c)", laws["IB"], rev,
-              lambda lam, n_a, n_b: label_rules.bilateral(lam)[0]),
-             ("IB+rev, lam_r (branch r)", laws["IB"], rev,
-              lambda lam, n_a, n_b: label_rules.bilateral(lam)[1])]
-    alpha = rcp.alpha
-  elif isinstance(rcp, bilateral.SBNMix):
-    rev = samplers.reverse_probs(counts, rcp.gamma)
-    pairs = [("IB+rev (SBN-Mix)", laws["IB"], rev, label_rules.vanilla)]
-    alpha = rcp.alpha
-  else:
+  pair_laws = lookup(PAIR_LAWS, rcp)
+  pairs = None if pair_laws is None else pair_laws(rcp, counts)
+  if pairs is None:
     return None
   if not any(name.startswith("IB+IB") for name, *_ in pairs):
-    pairs.insert(0, ("IB+IB (mixup)", laws["IB"], laws["IB"], label_rules.vanilla))
-  return {name: occurrence(jax.random.fold_in(key, i), counts, a, b, alpha, rule, num_draws)
+    ib = _class_laws(counts)["IB"]
+    pairs.insert(0, ("IB+IB (mixup)", ib, ib, label_rules.vanilla))
+  return {name: occurrence(jax.random.fold_in(key, i), counts, a, b, rcp.alpha, rule,
+                           num_draws)
           for i, (name, a, b, rule) in enumerate(pairs)}
 
 
@@ -118,54 +150,111 @@ def ot_pair_counts(rcp: otmix.OTmix, apply_fn: Callable, params: Any, batch_stat
   return np.asarray(sum(one(jax.random.fold_in(key, i)) for i in range(num_draws)))
 
 
-def method_views(rcp: recipe.Recipe, workdir: str, counts: np.ndarray,
-                 class_names: list[str], *, seed: int, num_draws: int,
-                 method_state: Any = None, model_state: tuple | None = None,
-                 data: recipe.DeviceDataset | None = None,
-                 normalize_fn: Callable | None = None, batch_size: int = 128
-                 ) -> dict[str, Any]:
-  """Writes the method's PNG views into `workdir` and returns their numbers for results.json.
+@dataclasses.dataclass(frozen=True)
+class RunData:
+  """What a view may read from a finished run.
 
-  Args:
-    rcp: the main-phase recipe.
-    workdir: run folder.
+  Attributes:
+    workdir: run folder (the views write their PNGs there).
     counts: (K,) training counts.
     class_names: K names.
     seed: run seed (keys of the fresh draws).
     num_draws: batches drawn for the statistics.
-    method_state: CP-Mix confusion counts ({"confusion": C}) after the main phase.
-    model_state: (apply_fn, params, batch_stats, method_state) of the trained model (OTmix).
-    data: the on-device training set (OTmix).
-    normalize_fn: input normalisation (OTmix).
-    batch_size: batch size of the OTmix draws.
+    method_state: the main phase's final method state (`FitResult.phase_states[0]`).
+    model: (apply_fn, params, batch_stats) of the trained model, or None.
+    data: the on-device training set, or None.
+    normalize_fn: input normalisation (with `data`).
+    batch_size: batch size of the fresh draws of the pair statistics.
   """
-  key = jax.random.fold_in(jax.random.key(seed), 0x5eed)
-  counts_j = jnp.asarray(counts, jnp.int32)
-  names = list(class_names)
+  workdir: str
+  counts: np.ndarray
+  class_names: Sequence[str]
+  seed: int
+  num_draws: int
+  method_state: Any = None
+  model: tuple[Callable, Any, Any] | None = None
+  data: recipe.DeviceDataset | None = None
+  normalize_fn: Callable | None = None
+  batch_size: int = 128
+
+  @property
+  def key(self) -> jax.Array:
+    """The key of the views' fresh draws."""
+    return jax.random.fold_in(jax.random.key(self.seed), 0x5eed)
+
+  def path(self, filename: str) -> str:
+    return os.path.join(self.workdir, filename)
+
+
+View = Callable[[Any, RunData], dict[str, Any]]
+
+
+def label_occurrence_view(rcp: recipe.Recipe, run: RunData) -> dict[str, Any]:
+  """label_occurrence.png: gamma_k of the method's pair laws (nothing without class laws)."""
+  gamma = occurrence_series(rcp, jnp.asarray(run.counts, jnp.int32), run.key, run.num_draws)
+  if gamma is None:
+    return {}
+  plots.occurrence_plot(gamma, run.path("label_occurrence.png"), list(run.class_names),
+                        title=f"Label occurrence ratio ({rcp.name})")
+  return {"label_occurrence": {
+      n: {"gamma": g, "imbalance": float(metrics.occurrence_imbalance(g))}
+      for n, g in gamma.items()}}
+
+
+def temperature_view(rcp: bilateral.DBNMix | bilateral.SBNMix, run: RunData
+                     ) -> dict[str, Any]:
+  """temperatures.png: DBN-Mix's / SBN-Mix's class temperatures T_k."""
+  temps = temperature_series(rcp, jnp.asarray(run.counts, jnp.int32))
+  plots.temperature_plot(temps, run.counts, run.path("temperatures.png"),
+                         list(run.class_names),
+                         title=f"Class temperatures T_k ({rcp.name}, eta={rcp.eta}, "
+                               f"eps={rcp.eps})")
+  return {"temperatures": temps}
+
+
+def confusion_pair_view(rcp: cp_mix.CPMix, run: RunData) -> dict[str, Any]:
+  """cp_confusion_pairs.png: CP-Mix's confusion counts at the end of the main phase."""
+  del rcp
+  if run.method_state is None:
+    return {}
+  confusion = np.asarray(run.method_state["confusion"])
+  plots.confusion_plot(confusion, list(run.class_names), run.path("cp_confusion_pairs.png"),
+                       title="CP-Mix confusion pairs (row-normalised counts)")
+  return {"cp_confusion_counts": confusion}
+
+
+def ot_pair_view(rcp: otmix.OTmix, run: RunData) -> dict[str, Any]:
+  """pair_statistics.png: OTmix's (CMO's) foreground x background class pairs."""
+  if run.model is None or run.data is None:
+    return {}
+  pairs = ot_pair_counts(rcp, *run.model, run.method_state, run.data, run.normalize_fn,
+                         run.key, run.num_draws, run.batch_size)
+  plots.pair_statistics_plot(pairs, run.path("pair_statistics.png"), list(run.class_names),
+                             title=f"{'OT' if rcp.ot else 'random (CMO)'} pairs: "
+                                   "foreground x background")
+  return {"pair_counts": pairs}
+
+
+# recipe class -> the views of its runs, in order.
+VIEWS: dict[type, tuple[View, ...]] = {
+    lobm.LOBM: (label_occurrence_view,),
+    mixup.Mixup: (label_occurrence_view,),
+    bilateral.DBNMix: (label_occurrence_view, temperature_view),
+    bilateral.SBNMix: (label_occurrence_view, temperature_view),
+    cp_mix.CPMix: (confusion_pair_view,),
+    otmix.OTmix: (ot_pair_view,),
+}
+
+
+def method_views(rcp: recipe.Recipe, run: RunData) -> dict[str, Any]:
+  """Writes the method's PNG views (`VIEWS`) into `run.workdir` and returns their numbers
+  for results.json ({} for a method without views).
+
+  Args:
+    rcp: the main-phase recipe.
+    run: what the views read from the finished run.
+  """
   out: dict[str, Any] = {}
-  gamma = occurrence_series(rcp, counts_j, key, num_draws)
-  if gamma is not None:
-    plots.occurrence_plot(gamma, os.path.join(workdir, "label_occurrence.png"), names,
-                          title=f"Label occurrence ratio ({rcp.name})")
-    out["label_occurrence"] = {n: {"gamma": g, "imbalance": float(metrics.occurrence_imbalance(g))}
-                               for n, g in gamma.items()}
-  if isinstance(rcp, (bilateral.DBNMix, bilateral.SBNMix)):
-    temps = temperature_series(rcp, counts_j)
-    plots.temperature_plot(temps, counts, os.path.join(workdir, "temperatures.png"), names,
-                           title=f"Class temperatures T_k ({rcp.name}, eta={rcp.eta}, "
-                                 f"eps={rcp.eps})")
-    out["temperatures"] = temps
-  if isinstance(rcp, cp_mix.CPMix) and method_state is not None:
-    confusion = np.asarray(method_state["confusion"])
-    plots.confusion_plot(confusion, names, os.path.join(workdir, "cp_confusion_pairs.png"),
-                         title="CP-Mix confusion pairs (row-normalised counts)")
-    out["cp_confusion_counts"] = confusion
-  if isinstance(rcp, otmix.OTmix) and model_state is not None and data is not None:
-    apply_fn, params, batch_stats, state = model_state
-    pairs = ot_pair_counts(rcp, apply_fn, params, batch_stats, state, data, normalize_fn,
-                           key, num_draws, batch_size)
-    plots.pair_statistics_plot(pairs, os.path.join(workdir, "pair_statistics.png"), names,
-                               title=f"{'OT' if rcp.ot else 'random (CMO)'} pairs: "
-                                     "foreground x background")
-    out["pair_counts"] = pairs
+  for view in lookup(VIEWS, rcp) or ():
+    out.update(view(rcp, run))
   return out

@@ -324,7 +324,7 @@ def summarize(workdir: str, methods: list[str], seeds: list[int]) -> dict[str, A
               "trained the run.\n\n" + reporting.markdown_table(header, rows))
   reporting.write_json(os.path.join(workdir, "comparison.json"),
                        {"methods": table, "seeds": seeds})
-  workdir_lib.write_text(os.path.join(workdir, "comparison.md"), markdown)
+  reporting.write_text(os.path.join(workdir, "comparison.md"), markdown)
   print(markdown, flush=True)
   return table
 

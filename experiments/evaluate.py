@@ -33,7 +33,8 @@ from experiments.cli import UserError
 from ltjax import reporting
 from ltjax.training import evaluation
 from ltjax.training.checkpoint import Checkpointer
-from ltjax.training.state import create_state, run_keys, start_phase
+from ltjax.training import trainer
+from ltjax.training.state import create_state, run_keys
 
 FLAGS = flags.FLAGS
 
@@ -93,10 +94,11 @@ def evaluate_checkpoint(workdir: str, epoch: int | None = None,
     normalize_fn, _ = runner.normalizer(config, ds.train_images)
     phases = runner.build_phases(config, rcp, ds.train_labels.size)
     counts = ds.train_counts
-    phase = phases[ckpt.metadata(epoch)["phase"]]
+    index = ckpt.metadata(epoch)["phase"]
+    phase = phases[index]
     fresh = create_state(model, phases[0].recipe, phases[0].tx,
                          normalize_fn(ds.train_images[:1]), run_keys(config.seed).init, counts)
-    state, meta = ckpt.restore(start_phase(fresh, phase.recipe, phase.tx, counts), epoch)
+    state, meta = ckpt.restore(trainer.phase_template(fresh, phases, index, counts), epoch)
   finally:
     ckpt.close()
   eval_fn = evaluation.make_eval_fn(model.apply, phase.recipe, config.eval_batch_size,

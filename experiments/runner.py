@@ -27,7 +27,6 @@ from ltjax.models import registry as models
 from ltjax.training import loop, optim, schedules, sharding, trainer
 from ltjax.training.checkpoint import Checkpointer
 
-CP_CONFUSION_FILE = "cp_confusion.npy"
 NORMALIZATIONS = ("cifar", "cifar_stats", "dataset")
 # The full CIFAR training sets' own mean / std, the `normalize="cifar_stats"` constants
 # (DBN-Mix code, data/dataloader.py `dataset_statistics`).
@@ -92,7 +91,7 @@ def model_name(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe) -> str
   """config.model.name, switched to its dual-branch form for two-branch methods."""
   name = config.model.name
   dual = f"dual_{name}"
-  if rcp.branches == 2 and not name.startswith("dual_") and dual in models.MODELS:
+  if rcp.requirements().branches == 2 and not name.startswith("dual_") and dual in models.MODELS:
     return dual
   return name
 
@@ -100,7 +99,8 @@ def model_name(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe) -> str
 def build_model(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe,
                 num_classes: int) -> Any:
   kwargs = {k: v for k, v in config.model.items() if k != "name"}
-  return models.get_model(model_name(config, rcp), num_classes, head=rcp.head, **kwargs)
+  return models.get_model(model_name(config, rcp), num_classes,
+                          head=rcp.requirements().head, **kwargs)
 
 
 def check_setup(config: ml_collections.ConfigDict, num_classes: int,
@@ -222,23 +222,31 @@ def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
 
 def build_phases(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe,
                  num_train: int) -> list[trainer.Phase]:
-  """The main phase, and CP-Mix's classifier fine-tuning when config.finetune.num_epochs.
+  """The main phase, then the recipe's extra phases (`Requirements.extra_phases`, e.g.
+  CP-Mix's classifier fine-tuning) when config.finetune.num_epochs > 0.
 
-  The schedule counts the steps `fit` takes (`steps_per_epoch`).
+  The main schedule counts the steps `fit` takes (`steps_per_epoch`); an extra phase trains
+  config.finetune.num_epochs epochs at the constant config.finetune.lr, on the parameters
+  and with the BatchNorm statistics its recipe's requirements name.
   """
   o = config.optim
   main = trainer.Phase(rcp, config.num_epochs, optim.sgd(
       lr_schedule(config, steps_per_epoch(config, num_train)), momentum=o.momentum,
       nesterov=o.nesterov, weight_decay=o.weight_decay))
-  phases = [main]
   ft = config.finetune
-  if isinstance(rcp, ltmethods.CPMix) and ft.num_epochs > 0:
-    phases.append(trainer.Phase(
-        ltmethods.CPMixFinetune(logit_scale=rcp.logit_scale), ft.num_epochs,
-        optim.sgd(schedules.constant(ft.lr), momentum=ft.momentum,
-                  weight_decay=ft.weight_decay, trainable=optim.path_mask(("head",))),
-        train_batch_stats=False))
-  return phases
+  extra = rcp.requirements().extra_phases if ft.num_epochs > 0 else ()
+  return [main, *(extra_phase(config, follow_up) for follow_up in extra)]
+
+
+def extra_phase(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe) -> trainer.Phase:
+  """A phase after the main one: config.finetune's optimiser on what `rcp` trains."""
+  ft, needs = config.finetune, rcp.requirements()
+  trainable = None if needs.trainable is None else optim.path_mask(needs.trainable)
+  return trainer.Phase(
+      rcp, ft.num_epochs,
+      optim.sgd(schedules.constant(ft.lr), momentum=ft.momentum,
+                weight_decay=ft.weight_decay, trainable=trainable),
+      train_batch_stats=needs.train_batch_stats)
 
 
 def make_mesh(config: ml_collections.ConfigDict):
@@ -258,8 +266,9 @@ def latest_epoch(workdir: str) -> int:
     ckpt.close()
 
 
-def _fit(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh,
-         stop_after):
+def train_phases(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh,
+                 stop_after) -> trainer.FitResult:
+  """`fit` over every phase of the run, resuming from the workdir's latest checkpoint."""
   return trainer.fit(
       model, phases, data, batch_size=config.batch_size, seed=config.seed,
       normalize_fn=normalize_fn, augment_fn=augmenter(config), workdir=workdir,
@@ -268,44 +277,6 @@ def _fit(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh
       checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
       callbacks=callbacks, mesh=mesh, progress=config.progress, stop_after=stop_after,
       loop=config.loop, drop_last=config.drop_last)
-
-
-def save_confusion(workdir: str, state: Any) -> None:
-  """Writes CP-Mix's confusion counts (state.method_state) to cp_confusion.npy atomically."""
-  workdir_lib.write_array(os.path.join(workdir, CP_CONFUSION_FILE),
-                          state.method_state["confusion"])
-
-
-def load_confusion(workdir: str, log: Callable[[str], None] = print) -> np.ndarray | None:
-  """cp_confusion.npy; None when absent, or unreadable (then it is removed, with a note)."""
-  path = os.path.join(workdir, CP_CONFUSION_FILE)
-  if not os.path.exists(path):
-    return None
-  confusion = workdir_lib.read_array(path)
-  if confusion is None:
-    log(f"{path} is unreadable (cut off by a kill?): removed; the CP-Mix pair view is "
-        "skipped.")
-    os.remove(path)
-  return confusion
-
-
-def train_phases(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh,
-                 stop_after, log=print):
-  """Runs `fit`; for CP-Mix stops once after the main phase to keep its confusion counts.
-
-  Returns (FitResult, CP-Mix confusion counts or None).
-  """
-  main_epochs = phases[0].epochs
-  end = sum(p.epochs for p in phases) if stop_after is None else stop_after
-  if len(phases) > 1 and latest_epoch(workdir) < main_epochs <= end:
-    result = _fit(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh,
-                  main_epochs)
-    save_confusion(workdir, result.state)
-  result = _fit(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh,
-                stop_after)
-  if len(phases) == 1 and isinstance(phases[0].recipe, ltmethods.CPMix):
-    save_confusion(workdir, result.state)
-  return result, load_confusion(workdir, log)
 
 
 def write_plots(workdir: str, final: dict[str, Any], ds: ltdata.ArrayDataset,
@@ -413,9 +384,9 @@ def _run_locked(config, workdir, fields, stop_after, log, import_s, started):
                              class_names=setup.ds.class_names, config=config) as callback:
       fit_start, compile_before = time.perf_counter(), compiled()
       try:
-        result, cp_confusion = train_phases(
+        result = train_phases(
             config, setup.model, setup.phases, setup.data, setup.normalize_fn, setup.ds,
-            workdir, [callback], make_mesh(config), stop_after, log)
+            workdir, [callback], make_mesh(config), stop_after)
       finally:
         segments = workdir_lib.segments(workdir)
         if callback.epoch_times:
@@ -435,10 +406,10 @@ def _run_locked(config, workdir, fields, stop_after, log, import_s, started):
   times = timing.summary(segments, epochs_this_process=len(callback.epoch_times),
                          epochs_done=result.epochs_done, num_epochs=total,
                          resumed_from_epoch=start)
-  return _report(config, workdir, fields, setup, result, cp_confusion, rows, times, log)
+  return _report(config, workdir, fields, setup, result, rows, times, log)
 
 
-def _report(config, workdir, fields, setup, result, cp_confusion, rows, times, log):
+def _report(config, workdir, fields, setup, result, rows, times, log):
   """Plots, the method's view and results.json of a run that was evaluated."""
   ds, final, total = setup.ds, result.final_metrics, times["num_epochs"]
   extra = {"method": config.method, "complete": result.epochs_done >= total,
@@ -448,13 +419,12 @@ def _report(config, workdir, fields, setup, result, cp_confusion, rows, times, l
     write_plots(workdir, final, ds, config)
     from experiments import analysis  # pylint: disable=import-outside-toplevel
     state = result.state
-    extra["method_view"] = analysis.method_views(
-        setup.rcp, workdir, ds.train_counts, list(ds.class_names), seed=config.seed,
-        num_draws=config.analysis_draws,
-        method_state={"confusion": cp_confusion} if cp_confusion is not None else None,
-        model_state=(setup.model.apply, state.params, state.batch_stats,
-                     state.method_state),
-        data=setup.data, normalize_fn=setup.normalize_fn, batch_size=config.batch_size)
+    extra["method_view"] = analysis.method_views(setup.rcp, analysis.RunData(
+        workdir=workdir, counts=ds.train_counts, class_names=list(ds.class_names),
+        seed=config.seed, num_draws=config.analysis_draws,
+        method_state=result.phase_states[0],
+        model=(setup.model.apply, state.params, state.batch_stats),
+        data=setup.data, normalize_fn=setup.normalize_fn, batch_size=config.batch_size))
   results = reporting.summarize_run(rows, final, ds.class_names, ds.train_counts, times,
                                     extra)
   results["protocol"] = protocol_info(config)

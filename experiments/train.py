@@ -53,7 +53,6 @@ Workdir after a run:
                    epoch time (experiments/timing.py)
   per_class_accuracy.png, confusion.png, and the method's view (label_occurrence.png,
   temperatures.png, cp_confusion_pairs.png, pair_statistics.png)
-  cp_confusion.npy CP-Mix's confusion counts after the main phase (written atomically)
   checkpoints/     orbax checkpoints (experiments/evaluate.py re-evaluates them)
 
 Flags: --jax_distributed (or config.jax_distributed) calls

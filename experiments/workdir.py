@@ -282,39 +282,3 @@ def lock(path: str) -> Iterator[None]:
   finally:
     if _read_owner(lock_file) == owner:
       os.remove(lock_file)
-
-
-# ------------------------------------------------------------------------- atomic files
-
-def _atomic(path: str, write: Callable[[Any], None], mode: str) -> None:
-  """Writes through `write(file)` into a temporary file next to `path`, then os.replace."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, mode) as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
-
-
-def write_array(path: str, array: Any) -> None:
-  """Saves `array` as .npy atomically: readers see the old file or the whole new one."""
-  _atomic(path, lambda f: np.save(f, np.asarray(array)), "wb")
-
-
-def read_array(path: str) -> np.ndarray | None:
-  """The array saved at `path`; None when the file is missing or unreadable (truncated)."""
-  try:
-    return np.load(path)
-  except (OSError, ValueError, EOFError):
-    return None
-
-
-def write_text(path: str, text: str) -> None:
-  """Writes a text file atomically."""
-  _atomic(path, lambda f: f.write(text), "w")

@@ -5,6 +5,11 @@ A method (ERM, LOBM, DBN-Mix, ...) is a `Recipe`: it builds its batch(es) from a
 a functional `Forward`, and returns a scalar loss. The engine owns everything else
 (optimiser, schedules, the compiled epoch loop, sharding, checkpoints), so a new mixup
 method is one small module that subclasses `Recipe`.
+
+What a recipe needs from the engine and the model (branches, head, features, the class laws
+it draws, the parameters it trains, the phases that follow it) is one typed object,
+`Recipe.requirements()`; `ltjax.methods.check_compatible` and the experiment runner read
+it, never the recipe's class.
 """
 
 from __future__ import annotations
@@ -217,6 +222,70 @@ class LossOutput(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
+class EpochContext:
+  """Everything a recipe may read in its epoch hook (built inside the compiled epoch).
+
+  Attributes:
+    epoch: the epoch about to start, 0-based within the phase (int32 scalar, traced).
+    data: the on-device training set.
+    evaluate: `evaluate(x) -> outputs`, the model in inference mode (no gradient); uint8
+      images (e.g. `data.images[idx]`) are normalised as in training, without
+      augmentation; float inputs go to the model as they are.
+    key: PRNG key of this epoch.
+    num_epochs: epochs of the phase (static), None when the engine does not pass it.
+  """
+  epoch: jax.Array
+  data: DeviceDataset
+  evaluate: Callable[[jax.Array], Outputs]
+  key: jax.Array
+  num_epochs: int | None = None
+
+
+# Class laws a recipe may draw batches from besides the step's clean batch: the samplers'
+# laws (`ctx.draw`) and "confusion", CP-Mix's class pairs (a uniform true class, a confused
+# class from its row of the confusion counts, one image of each).
+CLASS_LAWS = (*samplers.SAMPLERS, "confusion")
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirements:
+  """What a recipe needs from the engine and the model (`Recipe.requirements()`).
+
+  Attributes:
+    branches: 1 for single-branch models, 2 for dual-branch models (outputs "logits_c" and
+      "logits_r", called with `x_rebalance=`).
+    head: the classifier head the model must have ("linear", "linear_nobias" or
+      "normalized").
+    needs_features: the loss reads the model's pooled "features" (feature-space pairing).
+    needs_feature_map: the loss reads the model's un-pooled "feature_map".
+    draws: the class laws of `CLASS_LAWS` the recipe draws batches from besides the clean
+      (instance-balanced) batch; an input pipeline must provide them.
+    trainable: names of the modules whose parameters the recipe trains (`optim.path_mask`);
+      None: all of them.
+    train_batch_stats: False when the recipe runs the model in inference mode, so that its
+      phase keeps the BatchNorm statistics fixed.
+    extra_phases: recipes of the phases that follow this one (CP-Mix: the classifier
+      fine-tuning); their optimiser settings are the caller's.
+  """
+  branches: int = 1
+  head: str = "linear"
+  needs_features: bool = False
+  needs_feature_map: bool = False
+  draws: tuple[str, ...] = ()
+  trainable: tuple[str, ...] | None = None
+  train_batch_stats: bool = True
+  extra_phases: tuple[Recipe, ...] = ()
+
+  def __post_init__(self):
+    if self.branches not in (1, 2):
+      raise ValueError(f"branches must be 1 or 2, got {self.branches}.")
+    unknown = sorted(set(self.draws) - set(CLASS_LAWS))
+    if unknown:
+      raise ValueError(f"Unknown class laws {unknown} in draws; valid: "
+                       f"{', '.join(CLASS_LAWS)}.")
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipe(Hyperparameters, abc.ABC):
   """Base class of every method. Subclasses are frozen dataclasses of hyperparameters.
 
@@ -224,6 +293,9 @@ class Recipe(Hyperparameters, abc.ABC):
   functions, so its numeric hyperparameters are traced there. Use them in `jnp`
   arithmetic and `jnp.where`, not in Python `if`s; a field that selects code or gives a
   shape must be a str, bool or int (static).
+
+  Subclasses override `loss`, and where they need them `init_state`, `on_epoch`,
+  `logits` and `requirements`.
 
   Attributes:
     name: registry name.
@@ -234,25 +306,28 @@ class Recipe(Hyperparameters, abc.ABC):
   branches: int = 1
   head: str = "linear"
 
+  def requirements(self) -> Requirements:
+    """What this recipe needs from the engine and the model (base: branches and head)."""
+    return Requirements(branches=self.branches, head=self.head)
+
   def init_state(self, class_counts: jax.Array) -> PyTree:
     """Initial method state (confusion counts, ...); () when the method has none."""
     del class_counts
     return ()
 
   def begin_epoch(self, method_state: PyTree, epoch: jax.Array, data: DeviceDataset,
-                  evaluate: Callable[[jax.Array], Outputs], key: jax.Array) -> PyTree:
-    """Hook run inside the compiled epoch before its first step.
+                  evaluate: Callable[[jax.Array], Outputs], key: jax.Array,
+                  num_epochs: int | None = None) -> PyTree:
+    """The engine's epoch hook, run inside the compiled epoch before its first step.
 
-    Args:
-      method_state: current method state.
-      epoch: the epoch about to start (traced).
-      data: training set.
-      evaluate: `evaluate(x) -> outputs`, the model in inference mode (no gradient);
-        uint8 images (e.g. `data.images[idx]`) are normalised as in training, without
-        augmentation; float inputs go to the model as they are.
-      key: PRNG key for this epoch.
+    Builds the `EpochContext` (see its attributes for the arguments) and returns
+    `on_epoch(method_state, ctx)`; recipes override `on_epoch`, not this.
     """
-    del epoch, data, evaluate, key
+    return self.on_epoch(method_state, EpochContext(epoch, data, evaluate, key, num_epochs))
+
+  def on_epoch(self, method_state: PyTree, ctx: EpochContext) -> PyTree:
+    """The method state for the epoch `ctx.epoch` (default: unchanged)."""
+    del ctx
     return method_state
 
   @abc.abstractmethod

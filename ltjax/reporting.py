@@ -125,6 +125,12 @@ def write_json(path: str, obj: Any, indent: int = 2) -> None:
     f.write("\n")
 
 
+def write_text(path: str, text: str) -> None:
+  """Writes a text file atomically (as `write_json`)."""
+  with _atomic_file(path, f".{os.path.basename(path)}.", sync=True) as f:
+    f.write(text)
+
+
 def read_json(path: str) -> Any:
   """Reads a JSON file."""
   with open(path) as f:

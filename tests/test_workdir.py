@@ -21,10 +21,9 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from experiments import runner, timing
+from experiments import timing
 from experiments import workdir as wd
 from experiments.cli import UserError
 from ltjax import reporting
@@ -168,39 +167,6 @@ def test_lock_of_a_dead_process_is_taken_over_only_on_its_host(tmp_path):
   with pytest.raises(UserError, match=f"in use by process {dead} \\(host another-host\\)"):
     with wd.lock(path):
       pass
-
-
-# ----------------------------------------------------------------------- atomic arrays
-
-def test_array_writes_are_atomic_and_a_cut_file_reads_as_none(tmp_path, monkeypatch):
-  path = str(tmp_path / "c.npy")
-  counts = np.arange(12, dtype=np.int32).reshape(3, 4)
-  wd.write_array(path, counts)
-  np.testing.assert_array_equal(np.load(path), counts)
-
-  def dies_half_way(f, array):
-    f.write(b"\x93NUMPY partial")
-    raise KeyboardInterrupt
-
-  monkeypatch.setattr(np, "save", dies_half_way)
-  with pytest.raises(KeyboardInterrupt):
-    wd.write_array(path, np.zeros(3))
-  monkeypatch.undo()
-  np.testing.assert_array_equal(np.load(path), counts)  # the old file, whole
-  assert os.listdir(tmp_path) == ["c.npy"]  # no temporary file left
-  with open(path, "rb") as f:
-    head = f.read(100)
-  with open(path, "wb") as f:
-    f.write(head)  # what a kill during a plain np.save leaves
-  assert wd.read_array(path) is None
-
-
-def test_a_corrupt_cp_confusion_file_is_removed_not_fatal(tmp_path):
-  path = tmp_path / runner.CP_CONFUSION_FILE
-  path.write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '<i4'")
-  notes = []
-  assert runner.load_confusion(str(tmp_path), notes.append) is None
-  assert not path.exists() and "unreadable" in notes[0]
 
 
 # ------------------------------------------------------------------------------ timing

@@ -82,6 +82,10 @@ class _Bilateral(recipe.Recipe):
       raise ValueError(f"Unknown loss form {self.loss_form!r}; valid: "
                        f"{', '.join(LOSS_FORMS)}.")
 
+  def requirements(self) -> recipe.Requirements:
+    """The second batch of every pair is a reverse-sampled draw."""
+    return dataclasses.replace(super().requirements(), draws=("reverse",))
+
   def temperatures(self, counts: jax.Array) -> jax.Array:
     """(K,) training temperatures T_k (ones with temperature="none")."""
     if self.temperature == "none":

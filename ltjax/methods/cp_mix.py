@@ -90,6 +90,13 @@ class CPMix(recipe.Recipe):
       raise ValueError(f"Unknown mix_label_rule {self.mix_label_rule!r}; valid: "
                        f"{', '.join(MIX_LABEL_RULES)}.")
 
+  def requirements(self) -> recipe.Requirements:
+    """CP batches draw confusion pairs; the classifier fine-tuning phase follows (same
+    head and logit scale)."""
+    finetune = CPMixFinetune(head=self.head, logit_scale=self.logit_scale)
+    return dataclasses.replace(super().requirements(), draws=("confusion",),
+                               extra_phases=(finetune,))
+
   def init_state(self, class_counts: jax.Array) -> dict[str, jax.Array]:
     """Zero confusion counts {"confusion": (K, K) int32}."""
     k = jnp.shape(class_counts)[0]
@@ -192,7 +199,8 @@ class CPMixFinetune(recipe.Recipe):
   from the whole training set and minimises cross-entropy. The model runs in inference mode
   (BatchNorm uses and keeps its running statistics). Freezing the backbone's *parameters* is
   the trainer's job: the phase must use a trainable mask that updates the head only (a
-  stop-gradient here would not stop weight decay or momentum from moving the backbone).
+  stop-gradient here would not stop weight decay or momentum from moving the backbone);
+  `requirements()` says so (`trainable=("head",)`, `train_batch_stats=False`).
 
   Defaults (Table 6): 30 epochs, lr 0.5 (CIFAR-100) / 0.1 (CIFAR-10), momentum 0.9, wd 0
   (phase settings of the trainer, not of this recipe).
@@ -205,6 +213,11 @@ class CPMixFinetune(recipe.Recipe):
 
   def __post_init__(self):
     _checks.check_positive(self.logit_scale, "logit_scale")
+
+  def requirements(self) -> recipe.Requirements:
+    """Class-balanced draws; trains the head only, with fixed BatchNorm statistics."""
+    return dataclasses.replace(super().requirements(), draws=("class_balanced",),
+                               trainable=("head",), train_batch_stats=False)
 
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:

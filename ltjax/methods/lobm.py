@@ -65,6 +65,10 @@ class LOBM(common.SupervisedRecipe):
       raise ValueError(f"defer_epoch must be a non-negative integer or None, got "
                        f"{self.defer_epoch}.")
 
+  def requirements(self) -> recipe.Requirements:
+    """Both sides of the pairs are class-balanced draws."""
+    return dataclasses.replace(super().requirements(), draws=("class_balanced",))
+
   def pair(self, ctx: recipe.StepContext, key: jax.Array) -> Pair:
     """The step's pair of batches: balanced (LOBM) or in-batch before `defer_epoch`."""
     if self.defer_epoch is None:

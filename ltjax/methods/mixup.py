@@ -116,10 +116,11 @@ class Mixup(common.SupervisedRecipe):
                        f"{', '.join(PAIRING_SPACES)}.")
     self.rule()  # validates the rule's hyperparameters now
 
-  @property
-  def needs_features(self) -> bool:
-    """True when pairs are chosen in the model's feature space."""
-    return self.pairing != "random" and self.pairing_space == "features"
+  def requirements(self) -> recipe.Requirements:
+    """Pairs chosen in the model's feature space need its "features"."""
+    return dataclasses.replace(
+        super().requirements(),
+        needs_features=self.pairing != "random" and self.pairing_space == "features")
 
   def rule(self) -> label_rules.Rule:
     """The label rule with its hyperparameters bound."""

@@ -17,7 +17,7 @@ code) pastes the box of x_f[i] onto x_b[j(i)]; label lam y_bg + (1 - lam) y_fg w
 recomputed from the clipped box. The loss is the recipe's criterion (CE, DRW, balanced
 softmax / BALMS, LDAM-DRW).
 
-Per epoch (`begin_epoch`): F_hat is recomputed from the model's predictions on a fixed
+Per epoch (`on_epoch`): F_hat is recomputed from the model's predictions on a fixed
 class-balanced subset of the *training* set (m images per class, drawn once from
 `subset_seed`, uniformly with replacement inside each class; never the test set, which the
 authors' CIFAR code used), and a uniform number u is drawn from the epoch key; the epoch
@@ -156,10 +156,13 @@ class OTmix(common.SupervisedRecipe):
     if self.ot_gate not in OT_GATES:
       raise ValueError(f"Unknown ot_gate {self.ot_gate!r}; valid: {', '.join(OT_GATES)}.")
 
-  @property
-  def needs_features(self) -> bool:
-    """OT pairing needs backbone features."""
-    return self.ot
+  def requirements(self) -> recipe.Requirements:
+    """Inverse-frequency foregrounds; OT pairing reads the model's pooled features, or its
+    un-pooled last-stage map with `ot_features="train_unpooled"`."""
+    unpooled = self.ot_features == "train_unpooled"
+    return dataclasses.replace(
+        super().requirements(), draws=("inverse_power",),
+        needs_features=self.ot and not unpooled, needs_feature_map=self.ot and unpooled)
 
   def init_state(self, class_counts: jax.Array) -> dict[str, jax.Array] | tuple:
     """{"confusion": F_hat (K, K), "draw": u} for OTmix (zeros until the first epoch); () for CMO."""
@@ -168,18 +171,17 @@ class OTmix(common.SupervisedRecipe):
     k = jnp.shape(class_counts)[0]
     return {"confusion": jnp.zeros((k, k), jnp.float32), "draw": jnp.ones((), jnp.float32)}
 
-  def begin_epoch(self, method_state, epoch: jax.Array, data: recipe.DeviceDataset,
-                  evaluate, key: jax.Array):
+  def on_epoch(self, method_state, ctx: recipe.EpochContext):
     """Recomputes F_hat on the fixed training subset and draws the epoch's OT gate."""
-    del epoch
     if not self.ot:
       return method_state
+    data = ctx.data
     idx = confusion_subset(data.index, self.confusion_per_class, self.subset_seed)
-    preds = predict(evaluate, self.logits, data.images[idx])
+    preds = predict(ctx.evaluate, self.logits, data.images[idx])
     counts = metrics.confusion_matrix(data.labels[idx].astype(jnp.int32), preds,
                                       data.num_classes)
     return {"confusion": pairing.normalized_confusion(counts).astype(jnp.float32),
-            "draw": jax.random.uniform(key)}
+            "draw": jax.random.uniform(ctx.key)}
 
   def uses_ot(self, method_state, epoch: jax.Array, num_epochs: int) -> jax.Array:
     """Whether this epoch pairs by OT (bool scalar; always False for CMO)."""

@@ -141,32 +141,41 @@ def _output_keys(model: Any, sample_input: Any) -> frozenset[str]:
 def check_compatible(recipe_: recipe.Recipe, model: Any, sample_input: Any = None) -> None:
   """Raises ValueError when `model` cannot train with `recipe_`.
 
-  Checks: a dual-branch recipe (DBN-Mix, `branches=2`) needs a dual-branch model (outputs
-  "logits_c" and "logits_r"); pairing in feature space (OTmix, SMOTE-/Neighbor-Mix) needs
-  a model that returns "features"; LDAM (`head="normalized"`) needs the normalised head.
+  Reads `recipe_.requirements()`: two branches (DBN-Mix) need a dual-branch model (outputs
+  "logits_c" and "logits_r"); `needs_features` (OTmix, SMOTE-/Neighbor-Mix in feature
+  space) a model that returns "features", `needs_feature_map` (OTmix's un-pooled code
+  features) one that returns "feature_map"; a "normalized" head (LDAM) the normalised head.
   With `sample_input` (a (B, H, W, C) batch) the outputs are read from an abstract
-  evaluation of the model; without it, a model is dual-branch iff it is a
-  `DualBranchNet` (also inside `MixedPrecision`) and exposes features (every ltjax model does).
+  evaluation of the model; without it, a model is dual-branch iff it is a `DualBranchNet`
+  (also inside `MixedPrecision`) and is assumed to return "features" (every ltjax model
+  does) and "feature_map" (not checked).
 
   Args:
     recipe_: a Recipe.
     model: a Flax module with `__call__(x, train)` and a `head` attribute.
     sample_input: optional input batch of the right shape (values unused).
   """
+  needs = recipe_.requirements()
   if sample_input is None:
     dual = model_registry.is_dual_branch(model)
-    keys = {"logits", "features"} | ({"logits_c", "logits_r"} if dual else set())
+    keys = {"logits", "features", "feature_map"} | ({"logits_c", "logits_r"} if dual
+                                                    else set())
   else:
     keys = _output_keys(model, jnp.asarray(sample_input, jnp.float32))
-  if recipe_.branches == 2 and not {"logits_c", "logits_r"} <= keys:
-    raise ValueError(f"{recipe_.name} trains two branches (x_rebalance) and needs a "
-                     f"dual-branch model (e.g. dual_resnet32), got "
-                     f"{type(model).__name__}.")
-  if getattr(recipe_, "needs_features", False) and "features" not in keys:
-    raise ValueError(f"{recipe_.name} pairs samples in feature space and needs a model "
-                     f"that returns 'features'; {type(model).__name__} returns "
-                     f"{sorted(keys)} (SMOTE-/Neighbor-Mix: pairing_space='pixels').")
+  name, model_name = recipe_.name, type(model).__name__
+  if needs.branches == 2 and not {"logits_c", "logits_r"} <= keys:
+    raise ValueError(f"{name} trains two branches (x_rebalance) and needs a dual-branch "
+                     f"model (e.g. dual_resnet32), got {model_name}.")
+  if needs.needs_features and "features" not in keys:
+    raise ValueError(f"{name} pairs samples in feature space and needs a model that "
+                     f"returns 'features'; {model_name} returns {sorted(keys)} "
+                     "(SMOTE-/Neighbor-Mix: pairing_space='pixels').")
+  if needs.needs_feature_map and "feature_map" not in keys:
+    raise ValueError(f"{name} computes its OT cost on the un-pooled last-stage map and "
+                     f"needs a model that returns 'feature_map' (ResNet-32, SmallCNN, the "
+                     f"ImageNet ResNets); {model_name} returns {sorted(keys)} "
+                     "(or set ot_features='train').")
   head = getattr(model, "head", None)
-  if recipe_.head == "normalized" and head != "normalized":
-    raise ValueError(f"{recipe_.name} uses the LDAM loss, which needs a normalised "
-                     f"classifier head (head='normalized'), got head={head!r}.")
+  if needs.head == "normalized" and head != "normalized":
+    raise ValueError(f"{name} uses the LDAM loss, which needs a normalised classifier "
+                     f"head (head='normalized'), got head={head!r}.")

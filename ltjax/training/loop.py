@@ -332,7 +332,7 @@ def make_train_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
                              inputs.normalize_fn)
     method_state = inputs.recipe.begin_epoch(
         state.method_state, epoch, data, evaluate,
-        jax.random.fold_in(inputs.keys.epoch, global_epoch))
+        jax.random.fold_in(inputs.keys.epoch, global_epoch), num_epochs=num_epochs)
     perm, last = epoch_batches(jax.random.fold_in(inputs.keys.permutation, global_epoch),
                                data.num_samples, batch_size, drop_last)
     return state.replace(method_state=method_state), perm, last

@@ -1,7 +1,9 @@
 """The training state and the PRNG keys of a run.
 
 Everything that changes during training lives in one pytree, `TrainState`, so an epoch is a
-pure function `(state, epoch) -> (state, metrics)` and a checkpoint is that pytree. The
+pure function `(state, epoch) -> (state, metrics)` and a checkpoint is that pytree (the
+method states that finished phases left behind included, `TrainState.phase_states`, so a run
+resumed in a later phase still has them). The
 optimiser (`optax.GradientTransformation`) and the model's `apply_fn` are not part of it: they
 are static and passed to the engine separately.
 
@@ -35,12 +37,15 @@ class TrainState:
     batch_stats: BatchNorm running statistics ({} for models without BatchNorm).
     opt_state: optimiser state of the current phase.
     method_state: the recipe's state (e.g. CP-Mix confusion counts), () when it has none.
+    phase_states: the final method state of every finished phase, in phase order (`end_phase`);
+      () in the first phase.
   """
   step: jax.Array
   params: PyTree
   batch_stats: PyTree
   opt_state: PyTree
   method_state: PyTree
+  phase_states: tuple[PyTree, ...] = ()
 
 
 class RunKeys(NamedTuple):
@@ -91,6 +96,12 @@ def create_state(model: Any, recipe: recipe_lib.Recipe, tx: optax.GradientTransf
 
 def start_phase(state: TrainState, recipe: recipe_lib.Recipe,
                 tx: optax.GradientTransformation, class_counts: ArrayLike) -> TrainState:
-  """A fresh optimiser and recipe state for a new training phase; params and step are kept."""
+  """A fresh optimiser and recipe state for a new training phase; params, step and
+  `phase_states` are kept (call `end_phase` first to keep the finished phase's state)."""
   return state.replace(opt_state=tx.init(state.params),
                        method_state=recipe.init_state(jnp.asarray(class_counts)))
+
+
+def end_phase(state: TrainState) -> TrainState:
+  """`state` with its method state appended to `phase_states` (the phase is finished)."""
+  return state.replace(phase_states=(*state.phase_states, state.method_state))

@@ -3,7 +3,10 @@
 A run is a list of `Phase`s (recipe, epochs, optimiser with its schedule and trainable
 mask). Epochs are numbered globally over the phases; a phase starts with a fresh optimiser
 and recipe state (CP-Mix: classifier fine-tuning after the main phase), its schedule counts
-steps from the phase start, and its recipe sees the phase-local epoch. Keys derive from the
+steps from the phase start, and its recipe sees the phase-local epoch. The method state a
+finished phase leaves behind (CP-Mix's confusion counts) is kept in the train state
+(`TrainState.phase_states`, so in every checkpoint of the later phases) and returned in
+`FitResult.phase_states`: one `fit` call trains every phase. Keys derive from the
 seed, the global epoch and the global step, so a run resumed from `workdir` continues
 exactly as the uninterrupted one.
 
@@ -50,7 +53,7 @@ from ltjax import recipe as recipe_lib
 from ltjax.training import evaluation, sharding
 from ltjax.training import loop as loop_lib
 from ltjax.training.checkpoint import Checkpointer
-from ltjax.training.state import TrainState, create_state, run_keys, start_phase
+from ltjax.training.state import TrainState, create_state, end_phase, run_keys, start_phase
 
 PyTree = Any
 IN_FLIGHT_STEPS = 8  # steps dispatched ahead of the last one the progress bar counts
@@ -97,6 +100,9 @@ class FitResult:
     final_metrics: last test evaluation (None without a test set).
     best_metrics: the test evaluation with the highest top-1.
     best_epoch: 0-based epoch of `best_metrics`.
+    phase_states: the final method state of every phase reached, in phase order; the last
+      one is `state.method_state` (that of an unfinished phase when `stop_after` stopped
+      the run inside it).
   """
   state: TrainState
   epochs_done: int
@@ -104,6 +110,7 @@ class FitResult:
   final_metrics: dict[str, Any] | None
   best_metrics: dict[str, Any] | None
   best_epoch: int | None
+  phase_states: tuple[PyTree, ...] = ()
 
 
 def _epoch_summary(metrics: dict[str, np.ndarray]) -> dict[str, float]:
@@ -290,7 +297,7 @@ def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
     if last <= start_epoch or first >= end:
       continue
     if p > 0 and first >= start_epoch:
-      state = start_phase(state, phase.recipe, phase.tx, counts)
+      state = _next_phase(state, phase, counts)
     train_epoch = loop_lib.make_train_epoch(
         phase.recipe, model.apply, phase.tx, data, batch_size=batch_size,
         num_epochs=phase.epochs, augment_fn=augment_fn, normalize_fn=normalize_fn,
@@ -324,13 +331,38 @@ def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
     ckpt.close()
   return FitResult(state=state, epochs_done=max(start_epoch, end), train_metrics=tracker.train,
                    final_metrics=tracker.final, best_metrics=tracker.best,
-                   best_epoch=tracker.best_epoch)
+                   best_epoch=tracker.best_epoch,
+                   phase_states=(*state.phase_states, state.method_state))
+
+
+def _next_phase(state: TrainState, phase: Phase, counts: ArrayLike) -> TrainState:
+  """The state that starts `phase`: the finished phase's method state kept, fresh
+  optimiser and recipe state."""
+  return start_phase(end_phase(state), phase.recipe, phase.tx, counts)
+
+
+def phase_template(state: TrainState, phases: Sequence[Phase], phase: int,
+                   counts: ArrayLike) -> TrainState:
+  """The structure of a checkpoint saved in phase `phase` (a `Checkpointer.restore` template).
+
+  Args:
+    state: a state of the first phase (`create_state` with `phases[0]`).
+    phases: the run's phases.
+    phase: index of the checkpoint's phase (its metadata's "phase").
+    counts: (K,) training class counts.
+
+  Returns:
+    `state` taken through every phase boundary up to `phase`: that phase's optimiser and
+    recipe state, and the method states of the phases before it.
+  """
+  for later in phases[1:phase + 1]:
+    state = _next_phase(state, later, counts)
+  return state
 
 
 def _resume(ckpt: Checkpointer, state: TrainState, phases: Sequence[Phase],
             counts: jax.Array) -> tuple[TrainState, int, _Progress]:
-  """Restores the latest checkpoint; the template uses the optimiser of its phase."""
-  phase = phases[ckpt.metadata()["phase"]]
-  template = start_phase(state, phase.recipe, phase.tx, counts)
+  """Restores the latest checkpoint into the structure of its phase (`phase_template`)."""
+  template = phase_template(state, phases, ckpt.metadata()["phase"], counts)
   state, meta = ckpt.restore(template)
   return state, meta["epoch"], _Progress(**meta["metrics"])

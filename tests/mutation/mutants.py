@@ -219,8 +219,8 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/test_code_protocol.py", "tests/test_protocols.py"),
            "drop_last=False schedules N // B steps"),
     Mutant("phase_start_keeps_optimiser", "ltjax/training/trainer.py",
-           "      state = start_phase(state, phase.recipe, phase.tx, counts)\n    train_epoch",
-           "      pass\n    train_epoch", ("tests/test_engine.py", "tests/test_training.py"),
+           "  return start_phase(end_phase(state), phase.recipe, phase.tx, counts)",
+           "  return end_phase(state)", ("tests/test_engine.py", "tests/test_training.py"),
            "a new phase reuses the previous optimiser state"),
     Mutant("best_epoch_not_best", "ltjax/training/trainer.py",
            'if self.best is None or evaluated["top1"] > self.best["top1"]:',
@@ -318,9 +318,11 @@ MUTANTS: tuple[Mutant, ...] = (
            'steps = loop.steps_per_epoch(num_train, config.batch_size, config.get("drop_last", True))',
            "steps = num_train // config.batch_size", ("tests/test_protocols.py",),
            "the schedule counts N // B steps while fit takes ceil(N / B)"),
-    Mutant("runner_finetune_scale_dropped", "experiments/runner.py",
-           "ltmethods.CPMixFinetune(logit_scale=rcp.logit_scale)", "ltmethods.CPMixFinetune()",
-           ("tests/test_protocols.py",), "iNat fine-tuning loses the cosine scale"),
+    Mutant("runner_finetune_scale_dropped", "ltjax/methods/cp_mix.py",
+           "CPMixFinetune(head=self.head, logit_scale=self.logit_scale)",
+           "CPMixFinetune(head=self.head)",
+           ("tests/test_protocols.py", "tests/test_contract.py"),
+           "iNat fine-tuning loses the cosine scale"),
 )
 
 EQUIVALENT: dict[str, str] = {}

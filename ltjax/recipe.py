@@ -31,7 +31,7 @@ Outputs = dict[str, jax.Array]
 class Hyperparameters:
   """Mixin that makes a frozen dataclass of hyperparameters a pytree.
 
-  Its float fields, the epoch fields named in `EPOCH_FIELDS` (ints or None) and nested
+  Its fields declared `float`, the epoch fields named in `EPOCH_FIELDS` (ints or None) and nested
   `Hyperparameters` dataclasses (a recipe's `Criterion`) are the pytree's children; every
   other field (names, bools, shape-giving ints) is static. The engine passes a recipe to
   its compiled functions as an argument, so alpha, beta, temperatures, loss weights and
@@ -46,17 +46,20 @@ class Hyperparameters:
     jax.tree_util.register_pytree_with_keys(cls, _flatten_with_keys, _unflatten_for(cls),
                                             _flatten)
 
-  def _is_child(self, name: str, value: Any) -> bool:
-    if isinstance(value, Hyperparameters) or name in self.EPOCH_FIELDS:
-      return True
-    return isinstance(value, float | jax.Array) and not isinstance(value, bool)
+  @classmethod
+  def _traced_fields(cls) -> frozenset[str]:
+    """Fields declared `float` and the EPOCH_FIELDS: decided by the class, never by a
+    value (JAX rebuilds pytrees with placeholders in the leaves, e.g. when lowering)."""
+    return frozenset(f.name for f in dataclasses.fields(cls)
+                     if f.type in ("float", float) or f.name in cls.EPOCH_FIELDS)
 
 
 def _split(obj: Hyperparameters) -> tuple[list[tuple[str, Any]], tuple[Any, ...]]:
+  traced = obj._traced_fields()  # pylint: disable=protected-access
   children, static = [], []
   for field in dataclasses.fields(obj):
     value = getattr(obj, field.name)
-    if obj._is_child(field.name, value):  # pylint: disable=protected-access
+    if field.name in traced or isinstance(value, Hyperparameters):
       children.append((field.name, value))
     else:
       static.append((field.name, value))

@@ -47,3 +47,17 @@ def test_the_cache_can_be_turned_off(tmp_path):
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.stdout.strip() in ("None", ""), proc.stdout
+
+
+def test_recipes_keep_their_tree_when_lowered_ahead_of_time():
+  """The traced fields are decided by the class: lowering rebuilds the recipe with
+  placeholders in its leaves, and the compiled function must accept the recipe again."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from ltjax import methods  # pylint: disable=import-outside-toplevel
+  for name in methods.METHODS:
+    rcp = methods.get_recipe(name, num_epochs=10)
+    leaves = jax.tree.leaves(rcp)
+    assert leaves and all(isinstance(v, (float, int)) for v in leaves), name
+    compiled = jax.jit(lambda r: sum(jax.tree.leaves(r))).lower(rcp).compile()
+    assert float(compiled(rcp)) == pytest.approx(sum(leaves)), name

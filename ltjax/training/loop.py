@@ -28,10 +28,13 @@ schedule lives in the optimiser state, so runs that differ only in seed, rates o
 hyperparameters compile to the same program (served once by the compilation cache).
 
 `loop="steps"` runs the same step function as one jitted call per step from a host loop
-(no host transfer either). It exists for XLA:CPU, where convolutions inside a while loop
-are compiled far slower than at top level (measured here: a ResNet-32 step at batch 32,
-1.1 s jitted alone against 14-15 s inside `lax.scan`; SmallCNN on 8x8 images 2.9 ms
-against 13 ms). `loop="auto"` picks "steps" on the CPU backend and "scan" elsewhere.
+(no host transfer either). It exists for XLA:CPU, which runs the convolutions of the
+gradient as naive loops inside a while loop: its ConvCanonicalization pass, which rewrites
+JAX's non-canonical gradient convolutions into the layout of its fast kernels, visits only
+the entry computation (benchmarks/scan_slowdown.py, benchmarks/README.md: a ResNet-32 step
+at batch 32 took 1.9 s jitted alone against 11.5 s inside `lax.scan`). The per-call
+dispatch this costs is under 1 % of a ResNet-32 step. `loop="auto"` picks "steps" on the CPU
+backend and "scan" elsewhere.
 """
 
 from __future__ import annotations

@@ -68,6 +68,26 @@ def run(main: Callable[[list[str]], Any]) -> None:
   app.run(guarded, flags_parser=parse_flags)
 
 
+def define_distributed_flags() -> None:
+  """--jax_distributed and the multi-process coordinates of `jax.distributed.initialize`."""
+  flags.DEFINE_bool("jax_distributed", False,
+                    "Call jax.distributed.initialize() before anything else (implied by the "
+                    "three flags below; without them JAX detects SLURM / TPU pods).")
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0 in a multi-process run.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes of the run.")
+  flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+
+
+def distributed_coordinates() -> dict[str, Any] | None:
+  """The `initialize_distributed` arguments the flags ask for; None for a one-process run."""
+  coords = {name: flags.FLAGS[name].value
+            for name in ("coordinator_address", "num_processes", "process_id")}
+  if flags.FLAGS.jax_distributed or any(v is not None for v in coords.values()):
+    return coords
+  return None
+
+
 def enable_compilation_cache(directory: str) -> None:
   """Turns on JAX's persistent compilation cache in `directory` ("none" or "": off).
 

@@ -81,7 +81,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("parallel", 1, "Runs at a time (>1: subprocesses).")
   flags.DEFINE_bool("summarize", True,
                     "Write comparison.md / .json (off in worker subprocesses).")
-  flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() first.")
+  cli.define_distributed_flags()
   flags.DEFINE_enum("on_mismatch", "refuse", ("refuse", "fresh"),
                     "When a run folder holds a run of another config: refuse, or fresh "
                     "(move it to <run folder>-old<N> and train again).")
@@ -343,7 +343,7 @@ def main(argv: list[str]) -> None:
     raise UserError(f"--parallel must be >= 1, got {FLAGS.parallel}.")
   logging.set_verbosity(logging.WARNING)
   base = FLAGS.config
-  runner.maybe_initialize_distributed(base, FLAGS.jax_distributed)
+  runner.maybe_initialize_distributed(base, cli.distributed_coordinates())
   spec = FLAGS["config"].config_filename
   overrides = dict(config_flags.get_override_values(FLAGS["config"]))
   methods = FLAGS.methods or [m for m in base.get("methods", "").split(",") if m]

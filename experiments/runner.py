@@ -446,7 +446,10 @@ def pct(value: float | None) -> str:
   return "-" if value is None else f"{100 * value:.2f}"
 
 
-def maybe_initialize_distributed(config: ml_collections.ConfigDict, flag: bool) -> None:
-  """jax.distributed.initialize() when the flag or config.jax_distributed asks for it."""
-  if flag or config.get("jax_distributed", False):
-    sharding.initialize_distributed()
+def maybe_initialize_distributed(config: ml_collections.ConfigDict,
+                                 coordinates: dict[str, Any] | None) -> None:
+  """jax.distributed.initialize() when the flags (`coordinates`: coordinator address,
+  number of processes, process id; None values are detected by JAX) or
+  config.jax_distributed ask for it."""
+  if coordinates is not None or config.get("jax_distributed", False):
+    sharding.initialize_distributed(**(coordinates or {}))

@@ -55,8 +55,11 @@ Workdir after a run:
   temperatures.png, cp_confusion_pairs.png, pair_statistics.png)
   checkpoints/     orbax checkpoints (experiments/evaluate.py re-evaluates them)
 
-Flags: --jax_distributed (or config.jax_distributed) calls
-`ltjax.training.sharding.initialize_distributed()` first; config.num_devices (0: all local
+Flags: --jax_distributed (or config.jax_distributed), or --coordinator_address /
+--num_processes / --process_id for a multi-process run, call
+`ltjax.training.sharding.initialize_distributed` first (JAX detects what is not given on
+SLURM and TPU pods; every process then writes the workdir: runs on several hosts are not
+supported yet); config.num_devices (0: all local
 devices) sets the data-parallel mesh; --stop_after=E (>= 1) stops after E epochs of the run
 (a later run in the same workdir resumes). A stop before the first evaluation exits 0 with
 "stopped after epoch E (checkpoint saved); no evaluation yet, rerun to continue" and writes
@@ -84,8 +87,7 @@ def define_flags() -> None:
       "config", None, "Experiment config: experiments/configs/<dataset>.py[:args].",
       lock_config=True)
   flags.DEFINE_string("workdir", None, "Run folder (created; resumed if present).")
-  flags.DEFINE_bool("jax_distributed", False,
-                    "Call jax.distributed.initialize() before anything else.")
+  cli.define_distributed_flags()
   flags.DEFINE_integer("stop_after", None, "Stop after this many epochs (>= 1); rerun to "
                        "resume.")
   flags.DEFINE_enum("on_mismatch", "refuse", workdir_lib.ON_MISMATCH,
@@ -100,7 +102,7 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)
   runner.check_stop_after(FLAGS.stop_after)
   config = FLAGS.config
-  runner.maybe_initialize_distributed(config, FLAGS.jax_distributed)
+  runner.maybe_initialize_distributed(config, cli.distributed_coordinates())
   print("Resolved config:\n" + cli.format_config(config), flush=True)
   runner.run(config, FLAGS.workdir, stop_after=FLAGS.stop_after,
              on_mismatch=FLAGS.on_mismatch, import_s=cli.seconds_since_start())

@@ -228,3 +228,19 @@ def test_evaluate_lists_the_epochs_that_have_a_checkpoint(tmp_path):
     checkpoint_epoch(ckpt, str(tmp_path), 3)
   assert checkpoint_epoch(ckpt, str(tmp_path), None) == 4
   ckpt.close()
+
+
+def test_distributed_coordinates_reach_jax_distributed(monkeypatch):
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  from ltjax.training import sharding  # pylint: disable=import-outside-toplevel
+  calls = []
+  monkeypatch.setattr(sharding, "initialize_distributed", lambda **kw: calls.append(kw))
+  single = ml_collections.ConfigDict({"jax_distributed": False})
+  runner.maybe_initialize_distributed(single, None)
+  assert not calls  # a one-process run never initialises
+  coords = {"coordinator_address": "host0:1234", "num_processes": 2, "process_id": 1}
+  runner.maybe_initialize_distributed(single, coords)
+  runner.maybe_initialize_distributed(ml_collections.ConfigDict({"jax_distributed": True}),
+                                      None)
+  assert calls == [coords, {}]  # {}: JAX detects the cluster (SLURM, TPU pods)

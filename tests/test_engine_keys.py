@@ -36,8 +36,8 @@ class EpochProbe(Probe):
   def init_state(self, class_counts):
     return {"u": jnp.float32(-1.0), "epoch": jnp.int32(-1)}
 
-  def begin_epoch(self, method_state, epoch, data, evaluate, key):
-    return {"u": jax.random.uniform(key), "epoch": epoch}
+  def on_epoch(self, method_state, ctx):
+    return {"u": jax.random.uniform(ctx.key), "epoch": ctx.epoch}
 
   def loss(self, forward, ctx, method_state):
     loss, out = super().loss(forward, ctx, method_state)

@@ -4,7 +4,9 @@ A checkpoint is the whole `TrainState` plus a JSON sidecar (`meta`: epoch, phase
 metrics), written together by one `orbax.checkpoint.CheckpointManager.save`. Orbax writes
 into `<epoch>.orbax-checkpoint-tmp-*` and renames the directory when every file is written,
 so a write that dies half way leaves only a temporary directory: it is never listed as a
-checkpoint (and is removed when the next Checkpointer opens the directory), and
+checkpoint (and is removed, synchronously, when the next Checkpointer opens the directory:
+orbax's own clean-up runs in a background future that `close` does not wait for, which a
+process exiting right after could interrupt), and
 `latest_epoch` / `restore` use the last complete one. The step number of a checkpoint is the
 number of epochs completed over the whole run.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import shutil
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,17 @@ def _jsonable(value: Any) -> Any:
   return item if isinstance(item, int) or not math.isfinite(item) else float(item)
 
 
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's temporary-directory marker
+
+
+def remove_partial_writes(directory: pathlib.Path) -> None:
+  """Removes the temporary directories of checkpoint writes that never finished."""
+  if directory.is_dir():
+    for path in directory.iterdir():
+      if TMP_SUFFIX in path.name and path.is_dir():
+        shutil.rmtree(path)
+
+
 class Checkpointer:
   """Saves every `save_every` epochs, keeps the last `keep`, restores the latest.
 
@@ -52,8 +66,9 @@ class Checkpointer:
       raise ValueError(f"keep must be >= 1, got {keep}.")
     self.save_every = save_every
     self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    remove_partial_writes(self.directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+        max_to_keep=keep, create=True, cleanup_tmp_directories=False,
         enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -186,3 +186,11 @@ def test_notebook_colab_badge_renders_as_a_link(path):
   href = inline[badge[0]].attrGet("href")
   assert href.startswith("https://colab.research.google.com/github/")
   assert href.endswith("/colabs/" + os.path.basename(path))
+
+
+def test_the_pipeline_without_grain_says_how_to_install_it():
+  code = ("import sys; sys.modules['grain'] = None\n"
+          "try:\n  import ltjax.data.pipeline\nexcept ImportError as e:\n  print(e)")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert "pip install 'ltjax[grain]'" in proc.stdout, proc.stdout + proc.stderr[-2000:]

@@ -28,8 +28,11 @@ import math
 import sys
 from typing import Any, Sequence
 
-import grain
-import grain.python as grain_python
+try:
+  import grain
+  import grain.python as grain_python
+except ImportError as e:  # grain is an extra (pyproject.toml: the dependency rule)
+  raise ImportError("ltjax.data.pipeline needs grain: pip install 'ltjax[grain]'.") from e
 from absl import flags
 import numpy as np
 from PIL import Image

@@ -30,6 +30,11 @@ Rules (`experiments.train` and `experiments.compare` follow them for every run f
   exclusively (write, then `os.link`) with its PID and host. A second process fails with
   "workdir <path> is in use by process N (host H)". The lock is removed on exit, exceptions
   included; a lock left by a dead process on this host (a kill -9) is taken over.
+- Jobs of several processes (`claim_job`). Process 0 claims the workdir (the lock, the
+  mismatch rule) for the whole job and tells the other processes where it went (the fork,
+  if any) or why it was refused; they neither take the lock nor touch the workdir's
+  files, so the lock stops other jobs, never a process of the same job. The workdir must
+  be on a filesystem every process sees (orbax writes the checkpoints from all of them).
 - `run.json` also keeps one timing segment per process that trained epochs
   (experiments/timing.py), so a resumed or rerun run reports the time of all its epochs.
 """
@@ -213,6 +218,50 @@ def claim(path: str, fields: Mapping[str, Any], on_mismatch: str = "refuse",
   log(f"{path} holds a run of another config ({'; '.join(diffs)}): forking to {target}.")
   with claim(target, fields, "refuse", log) as forked:
     yield forked
+
+
+OK, REFUSED, FAILED = "ok", "refused", "failed"  # the outcomes `claim_job` shares
+
+
+@contextlib.contextmanager
+def claim_job(path: str, fields: Mapping[str, Any], on_mismatch: str = "refuse",
+              log: Callable[[str], None] = print, *, main: bool = True,
+              share: Callable[[str], str] = lambda text: text) -> Iterator[str]:
+  """`claim` for each process of a job: process 0 claims, the others follow it.
+
+  Every process of the job calls it at the same point with the same arguments.
+
+  Args:
+    path, fields, on_mismatch, log: as `claim` (only process 0 logs).
+    main: whether this process is process 0 (`ltjax.training.sharding.is_main_process`).
+    share: a collective that returns process 0's text in every process
+      (`ltjax.training.sharding.broadcast_text`); the identity in a one-process run.
+
+  Yields:
+    The workdir to use (locked by process 0 for the job): `path`, or the fork.
+
+  Raises:
+    UserError: as `claim`, in every process (the others get process 0's message).
+    RuntimeError: in the other processes, when process 0 failed otherwise before claiming.
+  """
+  if not main:
+    status, _, text = share("").partition(":")
+    if status == REFUSED:
+      raise UserError(text)
+    if status == FAILED:
+      raise RuntimeError(f"process 0 could not claim workdir {path}: {text}")
+    yield text
+    return
+  shared = False
+  try:
+    with claim(path, fields, on_mismatch, log) as target:
+      share(f"{OK}:{target}")
+      shared = True
+      yield target
+  except BaseException as e:
+    if not shared:
+      share(f"{REFUSED if isinstance(e, UserError) else FAILED}:{e}")
+    raise
 
 
 # ---------------------------------------------------------------------------------- lock

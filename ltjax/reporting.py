@@ -19,6 +19,10 @@ see `_UMASK`). `metrics.jsonl` is truncated on resume: rows of epochs at or afte
 epoch still to run are dropped, so a run killed after its last checkpoint and resumed has
 exactly one row per epoch.
 
+Multi-process runs: process 0 alone writes every file above but the checkpoints (which
+every process writes its part of, through orbax); the other processes keep the same rows
+in memory (`MetricWriter(..., writes=False)`), so they compute the same results.
+
 Step axis. Every TensorBoard summary is logged at the global step, the number of optimiser
 steps done so far over the whole run (all phases); `epoch` is a scalar of its own. The row of
 0-based epoch e has `"epoch": e` and `"step": (e + 1) * steps_per_epoch` (steps per epoch:
@@ -159,9 +163,14 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
   return rows
 
 
+def metrics_before(path: str, start_epoch: int) -> list[dict[str, Any]]:
+  """The rows of metrics.jsonl (`read_metrics`) of epochs before `start_epoch`."""
+  return [r for r in read_metrics(path) if r.get(EPOCH_KEY, -1) < start_epoch]
+
+
 def truncate_metrics(path: str, start_epoch: int) -> list[dict[str, Any]]:
   """Keeps only the rows of epochs before `start_epoch` (atomic rewrite); returns them."""
-  kept = [r for r in read_metrics(path) if r.get(EPOCH_KEY, -1) < start_epoch]
+  kept = metrics_before(path, start_epoch)
   with _atomic_file(path, ".metrics.") as f:
     for row in kept:
       f.write(json.dumps(row) + "\n")
@@ -183,6 +192,9 @@ class MetricWriter:
       epochs >= start_epoch are dropped, and TensorBoard events after the last kept row's
       step are purged (tensorboardX `purge_step`), so a resumed run never duplicates an epoch.
     tensorboard: also write TensorBoard event files.
+    writes: False keeps the rows in memory and writes nothing (no file is opened, none
+      truncated): the processes of a multi-process run other than process 0, which log
+      the same rows.
 
   Attributes:
     rows: the rows of the run so far (kept ones, then every written one).
@@ -191,15 +203,18 @@ class MetricWriter:
   """
 
   def __init__(self, workdir: str, *, steps_per_epoch: int, start_epoch: int = 0,
-               tensorboard: bool = True):
+               tensorboard: bool = True, writes: bool = True):
     if steps_per_epoch < 1:
       raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
-    os.makedirs(workdir, exist_ok=True)
     self.steps_per_epoch = steps_per_epoch
     self.path = os.path.join(workdir, METRICS_FILE)
+    self.tensorboard = None
+    if not writes:
+      self.rows, self._file = metrics_before(self.path, start_epoch), None
+      return
+    os.makedirs(workdir, exist_ok=True)
     self.rows = truncate_metrics(self.path, start_epoch)
     self._file = open(self.path, "a")
-    self.tensorboard = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       purge = self.step_of(start_epoch - 1) + 1 if start_epoch else None
@@ -219,8 +234,9 @@ class MetricWriter:
     Values that are not finite numbers are stored as null and skipped in TensorBoard.
     """
     row = {EPOCH_KEY: int(epoch), STEP_KEY: self.step_of(epoch), **to_jsonable(dict(scalars))}
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
+    if self._file is not None:
+      self._file.write(json.dumps(row) + "\n")
+      self._file.flush()
     self.rows.append(row)
     if self.tensorboard is not None:
       for name, value in row.items():
@@ -230,7 +246,8 @@ class MetricWriter:
     return row
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self.tensorboard is not None:
       self.tensorboard.close()
 
@@ -290,13 +307,16 @@ class RunLogger:
     class_names: K class names (per-class tags); None names classes by index.
     config: the resolved config (ConfigDict or mapping) for the HParams dashboard, or None.
     tensorboard: also write TensorBoard event files.
+    writes: False logs the rows in memory only (`MetricWriter`; the processes of a
+      multi-process run other than process 0).
   """
 
   def __init__(self, workdir: str, *, steps_per_epoch: int, start_epoch: int = 0,
                class_names: Sequence[str] | None = None, config: Any = None,
-               tensorboard: bool = True):
+               tensorboard: bool = True, writes: bool = True):
     self.writer = MetricWriter(workdir, steps_per_epoch=steps_per_epoch,
-                               start_epoch=start_epoch, tensorboard=tensorboard)
+                               start_epoch=start_epoch, tensorboard=tensorboard,
+                               writes=writes)
     self.class_names = None if class_names is None else list(class_names)
     self.epoch_times: list[float] = []
     self._last = time.perf_counter()

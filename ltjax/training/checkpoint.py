@@ -9,6 +9,12 @@ orbax's own clean-up runs in a background future that `close` does not wait for,
 process exiting right after could interrupt), and
 `latest_epoch` / `restore` use the last complete one. The step number of a checkpoint is the
 number of epochs completed over the whole run.
+
+Multi-process runs: every process constructs the Checkpointer and calls `save`, `restore`,
+`metadata` and `close` at the same points (orbax synchronises the processes and has each
+write its part: replicated arrays once, by process 0), in a workdir on a filesystem they
+all see. Process 0 alone removes the partial writes, behind a barrier. A checkpoint
+restores in any number of processes (one included) into the template's shardings.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import pathlib
 import shutil
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 PyTree = Any
 
@@ -66,7 +74,10 @@ class Checkpointer:
       raise ValueError(f"keep must be >= 1, got {keep}.")
     self.save_every = save_every
     self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
-    remove_partial_writes(self.directory)
+    if jax.process_index() == 0:
+      remove_partial_writes(self.directory)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"ltjax Checkpointer {self.directory}")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, cleanup_tmp_directories=False,
         enable_async_checkpointing=False)

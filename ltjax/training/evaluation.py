@@ -6,7 +6,9 @@ the extra rows are masked out. Logits come from `recipe.logits(outputs)`, so dua
 models average their branches and training-only adjustments (temperatures, priors) never
 apply. `evaluate` reduces each batch to `metrics.EvalCounts` on the device (per-class hits,
 top-5 hits, summed loss, confusion counts up to `metrics.CONFUSION_MAX_CLASSES` classes), so
-host memory does not grow with N x K.
+host memory does not grow with N x K. With a mesh (`make_eval_fn(..., mesh=mesh)`) each
+batch is split over the mesh's devices, in a multi-process run each process feeding its own
+rows of it, and the summed counts are replicated, so every process reads the same metrics.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
 from ltjax import metrics
 from ltjax import recipe as recipe_lib
-from ltjax.training import loop
+from ltjax.training import loop, sharding
 
 PyTree = Any
 
@@ -31,16 +34,28 @@ class EvalFn:
   analysis of small test sets); `eval_fn.counts(params, batch_stats, images, labels)`
   reduces each batch to `metrics.EvalCounts` on the device and sums them there, so no N x K
   array reaches the host (what `evaluate` uses). The last batch is padded with masked rows.
+
+  With a mesh (axis "data") every batch is split over its devices and the counts (and the
+  logits of `eval_fn(...)`) come back replicated. Each process feeds only its own rows of a
+  batch (`sharding.process_rows`, assembled by `sharding.host_local_to_global`); the
+  params and batch statistics are replicated on the mesh (as `fit` keeps them).
   """
 
   def __init__(self, apply_fn: Callable[..., Any], recipe: recipe_lib.Recipe,
-               batch_size: int, normalize_fn: Callable[[jax.Array], jax.Array]):
+               batch_size: int, normalize_fn: Callable[[jax.Array], jax.Array],
+               mesh: Mesh | None = None):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     self.batch_size = batch_size
+    self.mesh = mesh
     # The recipe and the normalisation are arguments (their numbers are not constants of
     # the executable: another run of the same model reuses it).
-    self._inputs = jax.device_put((recipe, loop.as_input(normalize_fn)))
+    inputs = (recipe, loop.as_input(normalize_fn))
+    if mesh is None:
+      self._inputs = jax.device_put(inputs)
+    else:
+      self._rows = sharding.process_rows(batch_size, mesh)
+      self._inputs = sharding.replicate(inputs, mesh)
 
     def batch_logits(inputs: tuple[recipe_lib.Recipe, Any], params: PyTree,
                      batch_stats: PyTree, images: jax.Array) -> jax.Array:
@@ -53,8 +68,17 @@ class EvalFn:
       logits = batch_logits(inputs, params, batch_stats, images)
       return metrics.batch_counts(logits, labels, mask)
 
-    self._logits = jax.jit(batch_logits)
-    self._counts = jax.jit(batch_counts)
+    self._logits = self._compile(batch_logits, num_batch_args=1)
+    self._counts = self._compile(batch_counts, num_batch_args=3)
+
+  def _compile(self, fn: Callable[..., Any], num_batch_args: int) -> Callable[..., Any]:
+    """`fn(inputs, params, batch_stats, *batch)` jitted; with a mesh, the batch split over
+    its data axis and everything else (the result too) replicated."""
+    if self.mesh is None:
+      return jax.jit(fn)
+    rep, split = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
+    return jax.jit(fn, in_shardings=(rep,) * 3 + (split,) * num_batch_args,
+                   out_shardings=rep)
 
   def _batches(self, num: int):
     """(rows, number of real rows) per batch; the last batch repeats row N-1 as padding."""
@@ -62,38 +86,52 @@ class EvalFn:
       rows = np.minimum(np.arange(start, start + self.batch_size), num - 1)
       yield rows, min(self.batch_size, num - start)
 
+  def _feed(self, *arrays: np.ndarray) -> tuple[Any, ...]:
+    """A batch's host arrays as the compiled call takes them: as they are without a mesh,
+    else this process's rows assembled into batch-sharded global arrays."""
+    if self.mesh is None:
+      return arrays
+    return tuple(sharding.host_local_to_global(a[self._rows], self.mesh) for a in arrays)
+
   def __call__(self, params: PyTree, batch_stats: PyTree, images: ArrayLike) -> np.ndarray:
-    chunks = [np.asarray(self._logits(self._inputs, params, batch_stats, images[rows]))[:real]
+    chunks = [np.asarray(self._logits(self._inputs, params, batch_stats,
+                                      *self._feed(np.asarray(images[rows]))))[:real]
               for rows, real in self._batches(images.shape[0])]
     return np.concatenate(chunks).astype(np.float32)
 
   def counts(self, params: PyTree, batch_stats: PyTree, images: ArrayLike,
              labels: ArrayLike) -> metrics.EvalCounts:
-    """The test set's `EvalCounts`, summed on the device."""
+    """The test set's `EvalCounts`, summed on the device (replicated with a mesh)."""
     labels = np.asarray(labels)
     total = None
     for rows, real in self._batches(images.shape[0]):
       mask = np.arange(self.batch_size) < real
-      batch = self._counts(self._inputs, params, batch_stats, images[rows], labels[rows], mask)
+      batch = self._counts(self._inputs, params, batch_stats,
+                           *self._feed(np.asarray(images[rows]), labels[rows], mask))
       total = batch if total is None else total + batch
     return total
 
 
 def make_eval_fn(apply_fn: Callable[..., Any], recipe: recipe_lib.Recipe, batch_size: int,
-                 normalize_fn: Callable[[jax.Array], jax.Array]) -> EvalFn:
+                 normalize_fn: Callable[[jax.Array], jax.Array], mesh: Mesh | None = None
+                 ) -> EvalFn:
   """Builds the `EvalFn` of a model.
 
   Args:
     apply_fn: the model's `apply`.
     recipe: gives the inference logits (`recipe.logits`).
-    batch_size: images per compiled call.
+    batch_size: images per compiled call; with a mesh, divisible by its devices.
     normalize_fn: `uint8 images -> float32 inputs` (no augmentation at test time).
+    mesh: data-parallel mesh (axis "data") to split every batch over, or None (one device).
 
   Returns:
     An EvalFn: `eval_fn(params, batch_stats, images)` -> (N, K) float32 numpy logits;
     `eval_fn.counts(params, batch_stats, images, labels)` -> device `EvalCounts`.
+
+  Raises:
+    ValueError: a batch size below 1, or one the mesh does not split evenly.
   """
-  return EvalFn(apply_fn, recipe, batch_size, normalize_fn)
+  return EvalFn(apply_fn, recipe, batch_size, normalize_fn, mesh)
 
 
 def evaluate(eval_fn: EvalFn | Callable[..., np.ndarray], params: PyTree, batch_stats: PyTree,
@@ -101,8 +139,8 @@ def evaluate(eval_fn: EvalFn | Callable[..., np.ndarray], params: PyTree, batch_
   """Test metrics of the model on `images`, `labels`, with groups from the training counts.
 
   Args:
-    eval_fn: an `EvalFn` (counts accumulated on the device), or any function
-      `(params, batch_stats, images) -> logits`.
+    eval_fn: an `EvalFn` (counts accumulated on the device, split over its mesh when it
+      has one), or any function `(params, batch_stats, images) -> logits`.
     params, batch_stats: the model's variables.
     images, labels: the test set.
     train_counts: (K,) training counts (many / medium / few groups).

@@ -22,7 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ltjax import _checks, samplers
+from ltjax import _checks, feed as feed_lib, samplers
 
 PyTree = Any
 Outputs = dict[str, jax.Array]
@@ -91,7 +91,9 @@ class DeviceDataset:
   """A small dataset that lives on the device for the compiled epoch loop.
 
   Attributes:
-    images: (N, H, W, C) uint8 images.
+    images: (N, H, W, C) uint8 images; None for a streamed training set
+      (`ltjax.data.stream`), whose images the host feeds step by step (`ltjax.feed`): only
+      its labels and class index live on the device.
     labels: (N,) int32 labels.
     index: the ClassIndex used by every class-conditional sampler.
   """
@@ -150,6 +152,11 @@ class Forward(NamedTuple):
 class StepContext:
   """Everything a recipe may read in one training step (built inside the compiled step).
 
+  A recipe gets its batches from `clean_batch`, `draw` (a class law) and `from_classes`
+  (images of classes it chose). On the in-memory path they gather from `data` on the
+  device; on the streamed path (`feed` set) they return the batches the host fed for
+  this step (`ltjax.feed`), so one recipe trains from either.
+
   Attributes:
     key: this step's PRNG key (derived from the run seed and the global step, so a resumed
       run draws the same numbers).
@@ -159,8 +166,13 @@ class StepContext:
     batch_size: the size of this step's clean batch (static): B, or N mod B on an epoch's
       last step with `drop_last=False`; a recipe's other batches take this size.
     clean_indices: (B,) instance-balanced indices of this step (epoch permutation).
-    data: the on-device training set.
-    load: `load(key, indices) -> (x, labels)` gathers, augments and normalises images.
+    data: the on-device training set (streamed: labels and class index only).
+    load: `load(key, indices) -> (x, labels)` gathers, augments and normalises images
+      (in-memory path).
+    feed: the host-fed batches of this step (streamed path), else None.
+    bank: the class bank `from_classes` takes images from (streamed path), else None.
+    transform: `transform(key, uint8 images) -> x` augments and normalises fed images
+      (streamed path).
   """
   key: jax.Array
   step: jax.Array
@@ -170,6 +182,9 @@ class StepContext:
   clean_indices: jax.Array
   data: DeviceDataset
   load: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+  feed: feed_lib.Feed | None = None
+  bank: feed_lib.ClassBank | None = None
+  transform: Callable[[jax.Array, jax.Array], jax.Array] | None = None
 
   @property
   def num_classes(self) -> int:
@@ -185,13 +200,48 @@ class StepContext:
 
   def clean_batch(self, key: jax.Array) -> "Batch":
     """The step's instance-balanced batch (epoch permutation), augmented."""
+    if self.feed is not None:
+      return self._fed(key, self.feed.clean)
     return Batch(*self.load(key, self.clean_indices), self.clean_indices)
 
-  def draw(self, key: jax.Array, probs: jax.Array, num: int | None = None) -> "Batch":
-    """A batch drawn with replacement from the whole dataset by a class law `probs`."""
+  def draw(self, key: jax.Array, law: samplers.Law, num: int | None = None) -> "Batch":
+    """A batch drawn with replacement from the whole training set by a class law.
+
+    In memory: `samplers.draw_indices` with `law.probs(class_counts)`. Streamed: the batch
+    the host drew by the same law for `law.slot` (`ltjax.data.stream`), which the recipe's
+    `requirements().draws` must declare.
+    """
+    num = num or self.batch_size
     key_idx, key_aug = jax.random.split(key)
-    idx = samplers.draw_indices(key_idx, self.data.index, probs, num or self.batch_size)
-    return Batch(*self.load(key_aug, idx), idx)
+    if self.feed is None:
+      idx = samplers.draw_indices(key_idx, self.data.index, law.probs(self.class_counts), num)
+      return Batch(*self.load(key_aug, idx), idx)
+    if law.slot not in self.feed.draws:
+      raise ValueError(f"the recipe draws {law.slot!r}, which its requirements().draws do "
+                       f"not declare; the step was fed {sorted(self.feed.draws)}.")
+    fed = self.feed.draws[law.slot]
+    if fed.labels.shape[0] != num:
+      raise ValueError(f"the recipe draws {num} images of {law.slot!r}; the input pipeline "
+                       f"feeds {fed.labels.shape[0]}.")
+    return self._fed(key_aug, fed)
+
+  def from_classes(self, key_index: jax.Array, key_load: jax.Array, classes: jax.Array
+                   ) -> "Batch":
+    """One image of each class in `classes`, uniformly inside the class.
+
+    In memory: `samplers.draw_from_classes(key_index, ...)` on the whole training set, then
+    loaded with `key_load`. Streamed: a uniform slot of the device-resident class bank
+    (`ltjax.feed.ClassBank`; the recipe declares `samplers.Law("confusion")`).
+    """
+    if self.bank is None:
+      idx = samplers.draw_from_classes(key_index, self.data.index, classes)
+      return Batch(*self.load(key_load, idx), idx)
+    images, idx = self.bank.take(key_index, classes)
+    return Batch(self.transform(key_load, images), classes.astype(jnp.int32), idx)
+
+  def _fed(self, key: jax.Array, fed: feed_lib.FedBatch) -> "Batch":
+    return Batch(self.transform(key, fed.images), fed.labels.astype(jnp.int32),
+                 fed.indices.astype(jnp.int32))
 
 
 class Batch(NamedTuple):
@@ -236,17 +286,48 @@ class EpochContext:
       augmentation; float inputs go to the model as they are.
     key: PRNG key of this epoch.
     num_epochs: epochs of the phase (static), None when the engine does not pass it.
+    predictions: streamed path: the model's inference-mode predictions on the recipe's
+      `epoch_subset`, computed by the engine from host-read images; None in memory.
   """
   epoch: jax.Array
   data: DeviceDataset
   evaluate: Callable[[jax.Array], Outputs]
   key: jax.Array
   num_epochs: int | None = None
+  predictions: jax.Array | None = None
+
+  def predict(self, indices: jax.Array, to_logits: Callable[[Outputs], jax.Array]
+              ) -> jax.Array:
+    """(M,) int32 argmax predictions of the model (inference mode) on training images.
+
+    In memory: `evaluate` on `data.images[indices]`, in chunks. Streamed: the engine's
+    predictions on the recipe's `epoch_subset` (the only indices it can predict there;
+    `indices` must be that subset).
+    """
+    if self.predictions is not None:
+      if self.predictions.shape != indices.shape:
+        raise ValueError(f"the streamed path predicts the recipe's epoch_subset "
+                         f"({self.predictions.shape[0]} images), not {indices.shape}.")
+      return self.predictions
+    return predict_images(self.evaluate, to_logits, self.data.images[indices])
+
+
+PREDICT_CHUNK = 256  # images per inference call of `predict_images`
+
+
+def predict_images(evaluate: Callable[[jax.Array], Outputs],
+                   to_logits: Callable[[Outputs], jax.Array], images: jax.Array) -> jax.Array:
+  """Argmax predictions of `evaluate` on uint8 images, in chunks of PREDICT_CHUNK images."""
+  num = images.shape[0]
+  chunk = min(num, PREDICT_CHUNK)
+  rows = jnp.minimum(jnp.arange(-(-num // chunk) * chunk), num - 1).reshape(-1, chunk)
+  preds = jax.lax.map(lambda r: jnp.argmax(to_logits(evaluate(images[r])), axis=-1), rows)
+  return preds.reshape(-1)[:num].astype(jnp.int32)
 
 
 # Class laws a recipe may draw batches from besides the step's clean batch: the samplers'
 # laws (`ctx.draw`) and "confusion", CP-Mix's class pairs (a uniform true class, a confused
-# class from its row of the confusion counts, one image of each).
+# class from its row of the confusion counts, one image of each: `ctx.from_classes`).
 CLASS_LAWS = (*samplers.SAMPLERS, "confusion")
 
 
@@ -261,8 +342,9 @@ class Requirements:
       "normalized").
     needs_features: the loss reads the model's pooled "features" (feature-space pairing).
     needs_feature_map: the loss reads the model's un-pooled "feature_map".
-    draws: the class laws of `CLASS_LAWS` the recipe draws batches from besides the clean
-      (instance-balanced) batch; an input pipeline must provide them.
+    draws: the batches the recipe draws in a step besides the clean (instance-balanced)
+      one, one `samplers.Law` each (name in `CLASS_LAWS`, concrete parameters, a `copy`
+      per independent batch of one law); a streamed input pipeline feeds exactly these.
     trainable: names of the modules whose parameters the recipe trains (`optim.path_mask`);
       None: all of them.
     train_batch_stats: False when the recipe runs the model in inference mode, so that its
@@ -274,7 +356,7 @@ class Requirements:
   head: str = "linear"
   needs_features: bool = False
   needs_feature_map: bool = False
-  draws: tuple[str, ...] = ()
+  draws: tuple[samplers.Law, ...] = ()
   trainable: tuple[str, ...] | None = None
   train_batch_stats: bool = True
   extra_phases: tuple[Recipe, ...] = ()
@@ -282,10 +364,14 @@ class Requirements:
   def __post_init__(self):
     if self.branches not in (1, 2):
       raise ValueError(f"branches must be 1 or 2, got {self.branches}.")
-    unknown = sorted(set(self.draws) - set(CLASS_LAWS))
+    unknown = sorted({law.name for law in self.draws} - set(CLASS_LAWS))
     if unknown:
       raise ValueError(f"Unknown class laws {unknown} in draws; valid: "
                        f"{', '.join(CLASS_LAWS)}.")
+    slots = [law.slot for law in self.draws]
+    if len(set(slots)) != len(slots):
+      raise ValueError(f"draws name a slot twice ({slots}); give independent batches of "
+                       "one law distinct `copy` numbers.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,13 +406,21 @@ class Recipe(Hyperparameters, abc.ABC):
 
   def begin_epoch(self, method_state: PyTree, epoch: jax.Array, data: DeviceDataset,
                   evaluate: Callable[[jax.Array], Outputs], key: jax.Array,
-                  num_epochs: int | None = None) -> PyTree:
+                  num_epochs: int | None = None, predictions: jax.Array | None = None
+                  ) -> PyTree:
     """The engine's epoch hook, run inside the compiled epoch before its first step.
 
     Builds the `EpochContext` (see its attributes for the arguments) and returns
     `on_epoch(method_state, ctx)`; recipes override `on_epoch`, not this.
     """
-    return self.on_epoch(method_state, EpochContext(epoch, data, evaluate, key, num_epochs))
+    return self.on_epoch(method_state, EpochContext(epoch, data, evaluate, key, num_epochs,
+                                                    predictions))
+
+  def epoch_subset(self, index: samplers.ClassIndex) -> jax.Array | None:
+    """Training indices whose predictions `on_epoch` reads (`EpochContext.predict`); None
+    when it reads none. The streamed path reads and evaluates exactly these images."""
+    del index
+    return None
 
   def on_epoch(self, method_state: PyTree, ctx: EpochContext) -> PyTree:
     """The method state for the epoch `ctx.epoch` (default: unchanged)."""

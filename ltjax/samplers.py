@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,6 +170,37 @@ def class_probs(name: str, counts: ArrayLike, *, gamma: float = math.inf,
   if name == "inverse_power":
     return inverse_power_probs(counts, r)
   raise ValueError(f"Unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}.")
+
+
+@flax.struct.dataclass
+class Law:
+  """A class law a recipe draws one batch from (`ltjax.recipe.StepContext.draw`).
+
+  A pytree: `gamma` and `r` are leaves (traced inside a compiled step), `name` and `copy`
+  are static. An input pipeline that feeds batches from the host (`ltjax.data.stream`)
+  feeds one batch per `slot` and step, so a recipe that draws two independent batches of
+  one law in a step (LOBM) names them `copy=0` and `copy=1`.
+
+  Attributes:
+    name: one of `SAMPLERS`, or "confusion" (CP-Mix's class pairs: images of classes the
+      recipe chooses, `StepContext.from_classes`; no class law of its own).
+    gamma: reverse-sampler exponent.
+    r: inverse-power exponent.
+    copy: which of this law's independent batches of a step.
+  """
+  name: str = flax.struct.field(pytree_node=False)
+  gamma: float = math.inf
+  r: float = 1.0
+  copy: int = flax.struct.field(pytree_node=False, default=0)
+
+  @property
+  def slot(self) -> str:
+    """The name of this batch in a host-fed step ("class_balanced/1")."""
+    return f"{self.name}/{self.copy}"
+
+  def probs(self, counts: ArrayLike) -> jax.Array:
+    """(K,) class probabilities of this law for the class counts (`class_probs`)."""
+    return class_probs(self.name, counts, gamma=self.gamma, r=self.r)
 
 
 def draw_from_classes(key: jax.Array, index: ClassIndex, classes: ArrayLike) -> jax.Array:

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 import pytest
 
-from ltjax import augment, methods, recipe, training
+from ltjax import augment, methods, recipe, samplers, training
 from ltjax.models import get_model
 from ltjax.models.resnet_cifar import ResNetCifar
 from ltjax.training import loop, schedules
@@ -235,7 +235,7 @@ class CountingERM(recipe.Recipe):
 
   def loss(self, forward, ctx, method_state):
     x, y, idx = ctx.clean_batch(ctx.keys("clean")["clean"])
-    drawn = ctx.draw(ctx.keys("clean", "draw")["draw"], jnp.ones(K) / K)
+    drawn = ctx.draw(ctx.keys("clean", "draw")["draw"], samplers.Law("class_balanced"))
     outputs, forward = forward(x)
     loss = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], y).mean()
     sizes = {"clean": jnp.float32(idx.shape[0]), "ctx": jnp.float32(ctx.batch_size),

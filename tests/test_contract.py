@@ -247,7 +247,7 @@ def test_declared_draws_are_the_class_laws_the_loss_draws(name, monkeypatch):
                       recording("confusion", pairing.confusion_partners))
   rcp = CASES[name]
   assert traces(rcp, rcp.requirements().branches)
-  assert used == set(rcp.requirements().draws)
+  assert used == {law.name for law in rcp.requirements().draws}
 
 
 class LogitsOnly(nn.Module):
@@ -282,7 +282,7 @@ def test_check_compatible_reads_the_requirements():
 
 def test_requirements_reject_unknown_class_laws():
   with pytest.raises(ValueError, match="valid: instance, class_balanced"):
-    recipe_lib.Requirements(draws=("balanced",))
+    recipe_lib.Requirements(draws=(samplers.Law("balanced"),))
 
 
 # ---------------------------------------------------------------- epoch context

@@ -56,7 +56,7 @@ def uniform_reverse_pair(ctx: recipe.StepContext, key: jax.Array, gamma: float
   """The clean (uniform) batch and a reverse-sampled batch of the same size."""
   key_u, key_v = jax.random.split(key)
   return (ctx.clean_batch(key_u),
-          ctx.draw(key_v, samplers.reverse_probs(ctx.class_counts, gamma)))
+          ctx.draw(key_v, samplers.Law("reverse", gamma=gamma)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,8 @@ class _Bilateral(recipe.Recipe):
 
   def requirements(self) -> recipe.Requirements:
     """The second batch of every pair is a reverse-sampled draw."""
-    return dataclasses.replace(super().requirements(), draws=("reverse",))
+    return dataclasses.replace(super().requirements(),
+                               draws=(samplers.Law("reverse", gamma=self.gamma),))
 
   def temperatures(self, counts: jax.Array) -> jax.Array:
     """(K,) training temperatures T_k (ones with temperature="none")."""

@@ -94,7 +94,7 @@ class CPMix(recipe.Recipe):
     """CP batches draw confusion pairs; the classifier fine-tuning phase follows (same
     head and logit scale)."""
     finetune = CPMixFinetune(head=self.head, logit_scale=self.logit_scale)
-    return dataclasses.replace(super().requirements(), draws=("confusion",),
+    return dataclasses.replace(super().requirements(), draws=(samplers.Law("confusion"),),
                                extra_phases=(finetune,))
 
   def init_state(self, class_counts: jax.Array) -> dict[str, jax.Array]:
@@ -102,23 +102,23 @@ class CPMix(recipe.Recipe):
     k = jnp.shape(class_counts)[0]
     return {"confusion": jnp.zeros((k, k), jnp.int32)}
 
-  def cp_pairs(self, key: jax.Array, confusion: jax.Array, index: samplers.ClassIndex,
-               num: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """A CP batch's classes and dataset indices: (c_t, c_m, idx_t, idx_m), each (num,)."""
+  def cp_pairs(self, key: jax.Array, confusion: jax.Array, num_classes: int, num: int
+               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """A CP batch's classes and the keys of their images: (c_t, c_m, key_t, key_m), the
+    classes (num,) each: a uniform true class, a confused class from its row of C."""
     key_t, key_m, key_it, key_im = jax.random.split(key, 4)
-    true_classes = jax.random.randint(key_t, (num,), 0, index.num_classes, jnp.int32)
+    true_classes = jax.random.randint(key_t, (num,), 0, num_classes, jnp.int32)
     confused = pairing.confusion_partners(key_m, confusion, true_classes)
-    return (true_classes, confused, samplers.draw_from_classes(key_it, index, true_classes),
-            samplers.draw_from_classes(key_im, index, confused))
+    return true_classes, confused, key_it, key_im
 
   def cp_loss(self, forward: recipe.Forward, ctx: recipe.StepContext, confusion: jax.Array,
               key: jax.Array) -> tuple[jax.Array, recipe.Forward, dict[str, jax.Array]]:
     """L_CE on a CP batch drawn from the confusion counts, and the batch's draws."""
     keys = dict(zip(("pairs", "load_t", "load_m", "lam"), jax.random.split(key, 4)))
     num = self.cp_batch_size or ctx.batch_size
-    c_t, c_m, idx_t, idx_m = self.cp_pairs(keys["pairs"], confusion, ctx.data.index, num)
-    x_t, y_t = ctx.load(keys["load_t"], idx_t)
-    x_m, y_m = ctx.load(keys["load_m"], idx_m)
+    c_t, c_m, key_it, key_im = self.cp_pairs(keys["pairs"], confusion, ctx.num_classes, num)
+    x_t, y_t, idx_t = ctx.from_classes(key_it, keys["load_t"], c_t)
+    x_m, y_m, idx_m = ctx.from_classes(key_im, keys["load_m"], c_m)
     mixed = mixup.mix_batch(keys["lam"], x_t, y_t, x_m, y_m, ctx.class_counts,
                             alpha=self.alpha, rule=label_rules.get_rule("cpmix", t=self.t))
     outputs, forward = forward(mixed.x)
@@ -216,13 +216,13 @@ class CPMixFinetune(recipe.Recipe):
 
   def requirements(self) -> recipe.Requirements:
     """Class-balanced draws; trains the head only, with fixed BatchNorm statistics."""
-    return dataclasses.replace(super().requirements(), draws=("class_balanced",),
+    return dataclasses.replace(super().requirements(), draws=(samplers.Law("class_balanced"),),
                                trainable=("head",), train_batch_stats=False)
 
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
     keys = ctx.keys("draw")
-    batch = ctx.draw(keys["draw"], samplers.class_balanced_probs(ctx.class_counts))
+    batch = ctx.draw(keys["draw"], samplers.Law("class_balanced"))
     outputs, _ = forward._replace(train=False)(batch.x)
     loss = losses.soft_cross_entropy(self.logit_scale * outputs["logits"],
                                      common.one_hot(batch.labels, ctx.num_classes))

@@ -24,13 +24,15 @@ from ltjax import _checks, label_rules, pairing, recipe, samplers
 from ltjax.methods import common, mixup
 
 Pair = tuple[recipe.Batch, recipe.Batch]
+# The two sides of every LOBM pair: independent class-balanced draws (eq. 4-5).
+BALANCED_PAIR = (samplers.Law("class_balanced", copy=0), samplers.Law("class_balanced", copy=1))
 
 
 def balanced_pair(ctx: recipe.StepContext, key: jax.Array) -> Pair:
   """Two independent class-balanced batches from the whole dataset."""
   key_a, key_b = jax.random.split(key)
-  probs = samplers.class_balanced_probs(ctx.class_counts)
-  return ctx.draw(key_a, probs), ctx.draw(key_b, probs)
+  law_a, law_b = BALANCED_PAIR
+  return ctx.draw(key_a, law_a), ctx.draw(key_b, law_b)
 
 
 def in_batch_pair(ctx: recipe.StepContext, key: jax.Array) -> Pair:
@@ -67,7 +69,7 @@ class LOBM(common.SupervisedRecipe):
 
   def requirements(self) -> recipe.Requirements:
     """Both sides of the pairs are class-balanced draws."""
-    return dataclasses.replace(super().requirements(), draws=("class_balanced",))
+    return dataclasses.replace(super().requirements(), draws=BALANCED_PAIR)
 
   def pair(self, ctx: recipe.StepContext, key: jax.Array) -> Pair:
     """The step's pair of batches: balanced (LOBM) or in-batch before `defer_epoch`."""

@@ -65,7 +65,6 @@ import jax.numpy as jnp
 from ltjax import _checks, metrics, mixing, pairing, recipe, samplers
 from ltjax.methods import common
 
-_EVAL_CHUNK = 256
 OT_FEATURES = ("inference", "train", "train_unpooled")
 OT_GATES = ("paper", "code")
 
@@ -88,15 +87,6 @@ def confusion_subset(index: samplers.ClassIndex, per_class: int, seed: int) -> j
   """
   classes = jnp.repeat(jnp.arange(index.num_classes, dtype=jnp.int32), per_class)
   return samplers.draw_from_classes(jax.random.key(seed), index, classes)
-
-
-def predict(evaluate, to_logits, images: jax.Array) -> jax.Array:
-  """Argmax predictions of `evaluate` on uint8 images, in chunks of at most 256 images."""
-  num = images.shape[0]
-  chunk = min(num, _EVAL_CHUNK)
-  rows = jnp.minimum(jnp.arange(-(-num // chunk) * chunk), num - 1).reshape(-1, chunk)
-  preds = jax.lax.map(lambda r: jnp.argmax(to_logits(evaluate(images[r])), axis=-1), rows)
-  return preds.reshape(-1)[:num].astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +151,7 @@ class OTmix(common.SupervisedRecipe):
     un-pooled last-stage map with `ot_features="train_unpooled"`."""
     unpooled = self.ot_features == "train_unpooled"
     return dataclasses.replace(
-        super().requirements(), draws=("inverse_power",),
+        super().requirements(), draws=(self.foreground_law(),),
         needs_features=self.ot and not unpooled, needs_feature_map=self.ot and unpooled)
 
   def init_state(self, class_counts: jax.Array) -> dict[str, jax.Array] | tuple:
@@ -171,13 +161,23 @@ class OTmix(common.SupervisedRecipe):
     k = jnp.shape(class_counts)[0]
     return {"confusion": jnp.zeros((k, k), jnp.float32), "draw": jnp.ones((), jnp.float32)}
 
+  def foreground_law(self) -> samplers.Law:
+    """The foreground sampler: q_k ~ n_k^-r (r = 0: class-balanced, the code's)."""
+    return samplers.Law("inverse_power", r=self.r)
+
+  def epoch_subset(self, index: samplers.ClassIndex) -> jax.Array | None:
+    """The fixed subset F_hat is computed on (`confusion_subset`); None for CMO."""
+    if not self.ot:
+      return None
+    return confusion_subset(index, self.confusion_per_class, self.subset_seed)
+
   def on_epoch(self, method_state, ctx: recipe.EpochContext):
     """Recomputes F_hat on the fixed training subset and draws the epoch's OT gate."""
     if not self.ot:
       return method_state
     data = ctx.data
-    idx = confusion_subset(data.index, self.confusion_per_class, self.subset_seed)
-    preds = predict(ctx.evaluate, self.logits, data.images[idx])
+    idx = self.epoch_subset(data.index)
+    preds = ctx.predict(idx, self.logits)
     counts = metrics.confusion_matrix(data.labels[idx].astype(jnp.int32), preds,
                                       data.num_classes)
     return {"confusion": pairing.normalized_confusion(counts).astype(jnp.float32),
@@ -252,7 +252,7 @@ class OTmix(common.SupervisedRecipe):
            ) -> tuple[jax.Array, recipe.LossOutput]:
     keys = ctx.keys("back", "fore", "pair", "lam", "box", "gate")
     back = ctx.clean_batch(keys["back"])
-    fore = ctx.draw(keys["fore"], samplers.inverse_power_probs(ctx.class_counts, self.r))
+    fore = ctx.draw(keys["fore"], self.foreground_law())
     mixed = self.mix_gate(keys["gate"], ctx)
     partner, forward = self.partners(keys["pair"], forward, ctx, method_state, fore, back,
                                      mixed)

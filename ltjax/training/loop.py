@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from ltjax import feed as feed_lib
 from ltjax import recipe as recipe_lib
 from ltjax import samplers
 from ltjax.training import optim, sharding
@@ -102,15 +103,24 @@ def make_load(data: recipe_lib.DeviceDataset, augment_fn: AugmentFn | None,
   Returns:
     `load(key, indices) -> (x float32 (B, H, W, C), labels int32 (B,))`.
   """
+  transform = make_transform(augment_fn, normalize_fn, mesh)
+
   def load(key: jax.Array, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
-    images = data.images[indices]
-    if augment_fn is not None:
-      images = augment_fn(key, images)
-    x = jnp.asarray(normalize_fn(images), jnp.float32)
     labels = data.labels[indices].astype(jnp.int32)
-    return sharding.shard_batch(x, mesh), sharding.shard_batch(labels, mesh)
+    return transform(key, data.images[indices]), sharding.shard_batch(labels, mesh)
 
   return load
+
+
+def make_transform(augment_fn: AugmentFn | None, normalize_fn: NormalizeFn,
+                   mesh: Mesh | None = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """`transform(key, uint8 images) -> float32 inputs`: augment, normalise, shard."""
+  def transform(key: jax.Array, images: jax.Array) -> jax.Array:
+    if augment_fn is not None:
+      images = augment_fn(key, images)
+    return sharding.shard_batch(jnp.asarray(normalize_fn(images), jnp.float32), mesh)
+
+  return transform
 
 
 def make_evaluate(apply_fn: Callable[..., Any], params: Any, batch_stats: Any,
@@ -211,10 +221,11 @@ class StepInputs(NamedTuple):
 
 
 def train_step(inputs: StepInputs, state: TrainState, data: recipe_lib.DeviceDataset,
-               epoch: jax.Array, indices: jax.Array, *, apply_fn: Callable[..., Any],
-               tx: optax.GradientTransformation, batch_size: int, num_epochs: int,
-               augment_fn: AugmentFn | None, mesh: Mesh | None = None,
-               train_batch_stats: bool = True) -> tuple[TrainState, Metrics, Metrics]:
+               epoch: jax.Array, indices: jax.Array, feed: feed_lib.Feed | None = None, *,
+               apply_fn: Callable[..., Any], tx: optax.GradientTransformation,
+               batch_size: int, num_epochs: int, augment_fn: AugmentFn | None,
+               mesh: Mesh | None = None, train_batch_stats: bool = True
+               ) -> tuple[TrainState, Metrics, Metrics]:
   """One training step: `(state, metrics, draws)` after training on the clean `indices`.
 
   The step's key is `fold_in(inputs.keys.step, state.step)`; it builds a `StepContext`,
@@ -225,16 +236,22 @@ def train_step(inputs: StepInputs, state: TrainState, data: recipe_lib.DeviceDat
 
   Args: as `make_train_epoch` (without `epoch_offset`, `loop` and `drop_last`; the
     normalisation is `inputs.normalize_fn`); `batch_size` is the number of clean `indices`
-    of every call (`StepContext.batch_size`).
+    of every call (`StepContext.batch_size`). `feed`: the streamed path's host-fed batches
+    of this step (`ltjax.feed.Feed`; `indices` are then its clean batch's), whose refill
+    goes into the class bank `state.input_state` before the recipe runs.
   """
   if indices.shape != (batch_size,):
     raise ValueError(f"this step trains batches of {batch_size} indices, got shape "
                      f"{indices.shape}.")
   recipe = inputs.recipe
+  bank = state.input_state or None
+  if feed is not None and feed.refill is not None:
+    bank = feed_lib.refill(bank, feed.refill)
   ctx = recipe_lib.StepContext(
       key=jax.random.fold_in(inputs.keys.step, state.step), step=state.step, epoch=epoch,
       num_epochs=num_epochs, batch_size=batch_size, clean_indices=indices, data=data,
-      load=make_load(data, augment_fn, inputs.normalize_fn, mesh))
+      load=make_load(data, augment_fn, inputs.normalize_fn, mesh), feed=feed, bank=bank,
+      transform=make_transform(augment_fn, inputs.normalize_fn, mesh))
 
   def loss_fn(params: Any) -> tuple[jax.Array, recipe_lib.LossOutput]:
     forward = recipe_lib.Forward(apply_fn, params, state.batch_stats)
@@ -245,7 +262,8 @@ def train_step(inputs: StepInputs, state: TrainState, data: recipe_lib.DeviceDat
   new_state = state.replace(
       step=state.step + 1, params=optax.apply_updates(state.params, updates),
       batch_stats=out.forward.batch_stats if train_batch_stats else state.batch_stats,
-      opt_state=opt_state, method_state=out.method_state)
+      opt_state=opt_state, method_state=out.method_state,
+      input_state=state.input_state if bank is None else bank)
   metrics = {**out.metrics, "loss": loss, "lr": optim.current_lr(opt_state)}
   return new_state, metrics, dict(out.draws)
 

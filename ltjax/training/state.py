@@ -39,6 +39,9 @@ class TrainState:
     method_state: the recipe's state (e.g. CP-Mix confusion counts), () when it has none.
     phase_states: the final method state of every finished phase, in phase order (`end_phase`);
       () in the first phase.
+    input_state: state of the input path that the step threads: the streamed path's class
+      bank (`ltjax.feed.ClassBank`) for recipes that draw images of chosen classes; ()
+      otherwise.
   """
   step: jax.Array
   params: PyTree
@@ -46,6 +49,7 @@ class TrainState:
   opt_state: PyTree
   method_state: PyTree
   phase_states: tuple[PyTree, ...] = ()
+  input_state: PyTree = ()
 
 
 class RunKeys(NamedTuple):

@@ -37,10 +37,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import pathlib
 import sys
 import time
-from typing import Any, Callable, Protocol, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TextIO
 
 import jax
 import numpy as np
@@ -49,11 +50,15 @@ import tqdm
 from jax.sharding import Mesh
 from jax.typing import ArrayLike
 
+from ltjax import metrics
 from ltjax import recipe as recipe_lib
 from ltjax.training import evaluation, sharding
 from ltjax.training import loop as loop_lib
 from ltjax.training.checkpoint import Checkpointer
 from ltjax.training.state import TrainState, create_state, end_phase, run_keys, start_phase
+
+if TYPE_CHECKING:  # grain (the streamed path) is an extra: imported when a stream is given
+  from ltjax.data import stream as stream_lib
 
 PyTree = Any
 IN_FLIGHT_STEPS = 8  # steps dispatched ahead of the last one the progress bar counts
@@ -229,28 +234,33 @@ class ProgressBar:
     self.bar.close()
 
 
-def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
+def fit(model: Any, phases: Sequence[Phase],
+        data: recipe_lib.DeviceDataset | stream_lib.StreamedDataset, *,
         batch_size: int, seed: int, normalize_fn: Callable[[jax.Array], jax.Array],
         augment_fn: loop_lib.AugmentFn | None = None,
         workdir: str | pathlib.Path | None = None,
         test_images: ArrayLike | None = None, test_labels: ArrayLike | None = None,
+        test_data: stream_lib.StreamedDataset | None = None,
         eval_every: int = 1, eval_batch_size: int = 500, checkpoint_every: int = 1,
         keep_checkpoints: int = 3, callbacks: Sequence[Callback] = (),
         mesh: Mesh | None = None, progress: bool = True,
-        stop_after: int | None = None, loop: str = "scan", drop_last: bool = True
+        stop_after: int | None = None, loop: str = "scan", drop_last: bool = True,
+        init_variables: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]] | None = None
         ) -> FitResult:
   """Trains `model` through `phases`, resuming from the latest checkpoint in `workdir`.
 
   Args:
     model: Flax module, `__call__(x, train) -> {"logits", "features", ...}`.
     phases: the stages of the run, in order.
-    data: on-device training set.
+    data: on-device training set, or a streamed one (`ltjax.data.stream.StreamedDataset`:
+      every step's batches read by grain on the host, `ltjax.training.streamed`).
     batch_size: B.
     seed: run seed (model init, permutations, step keys).
     normalize_fn: `uint8 images -> float32 inputs` (train and test).
     augment_fn: training augmentation `(key, uint8) -> uint8`, or None.
     workdir: run directory for checkpoints (None: no checkpoints, no resume).
     test_images, test_labels: test set for evaluation (optional).
+    test_data: a streamed test set instead (read with its `eval_transforms`).
     eval_every: evaluate every this many epochs (and after the last).
     eval_batch_size: batch size of evaluation.
     checkpoint_every: save every this many epochs (and after the last).
@@ -267,6 +277,9 @@ def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
       trains it as one more, smaller step (ceil(N / B) steps, the reference code's
       `DataLoader` default). A phase's learning-rate schedule must count the same steps:
       build it with `ltjax.training.loop.steps_per_epoch(N, B, drop_last)`.
+    init_variables: `(params, batch_stats) -> (params, batch_stats)` applied to the
+      initialised model before training (e.g. `ltjax.models.load_pretrained` of a
+      user-given file); a resumed run restores its checkpoint instead.
 
   Returns:
     FitResult.
@@ -279,15 +292,29 @@ def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
   total = bounds[-1][1]
   end = total if stop_after is None else min(stop_after, total)
   counts = data.class_counts
-  state = create_state(model, phases[0].recipe, phases[0].tx,
-                       normalize_fn(data.images[:1]), run_keys(seed).init, counts)
+  streamed = not isinstance(data, recipe_lib.DeviceDataset)
+  if streamed:
+    from ltjax.training import streamed as streamed_lib  # pylint: disable=import-outside-toplevel
+    sample = np.zeros((1, *data.sample_shape()), np.uint8)
+  else:
+    sample = data.images[:1]
+  state = create_state(model, phases[0].recipe, phases[0].tx, normalize_fn(sample),
+                       run_keys(seed).init, counts)
+  if init_variables is not None:
+    params, batch_stats = init_variables(state.params, state.batch_stats)
+    state = state.replace(params=params, batch_stats=batch_stats)
+  if streamed:
+    for phase in phases:
+      state = streamed_lib.with_bank(state, data, phase.recipe, seed, mesh=None)
   ckpt = None if workdir is None else Checkpointer(
       workdir, save_every=checkpoint_every, keep=keep_checkpoints)
   tracker, start_epoch = _Progress(), 0
   if ckpt is not None and ckpt.latest_epoch() is not None:
     state, start_epoch, tracker = _resume(ckpt, state, phases, counts)
   if mesh is not None:
-    state, data = sharding.replicate((state, data), mesh)
+    state = sharding.replicate(state, mesh)
+    if not streamed:
+      data = sharding.replicate(data, mesh)
   evaluator = None
   bar = ProgressBar(progress, total_epochs=total, start_epoch=start_epoch,
                     steps_per_epoch=loop_lib.steps_per_epoch(data.num_samples, batch_size,
@@ -298,14 +325,16 @@ def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
       continue
     if p > 0 and first >= start_epoch:
       state = _next_phase(state, phase, counts)
-    train_epoch = loop_lib.make_train_epoch(
+    make_epoch = streamed_lib.make_streamed_epoch if streamed else functools.partial(
+        loop_lib.make_train_epoch, loop=loop)
+    train_epoch = make_epoch(
         phase.recipe, model.apply, phase.tx, data, batch_size=batch_size,
         num_epochs=phase.epochs, augment_fn=augment_fn, normalize_fn=normalize_fn,
         seed=seed, mesh=mesh, epoch_offset=first,
-        train_batch_stats=phase.train_batch_stats, loop=loop, drop_last=drop_last)
-    if test_images is not None:
+        train_batch_stats=phase.train_batch_stats, drop_last=drop_last)
+    if test_images is not None or test_data is not None:
       evaluator = evaluation.make_eval_fn(model.apply, phase.recipe, eval_batch_size,
-                                          normalize_fn)
+                                          normalize_fn, mesh=mesh)
     for epoch in range(max(first, start_epoch), min(last, end)):
       first_step = int(state.step)
       bar.start_epoch(epoch)
@@ -317,8 +346,10 @@ def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
       done = epoch + 1
       evaluated = None
       if evaluator is not None and (done % eval_every == 0 or done == total):
-        evaluated = evaluation.evaluate(evaluator, state.params, state.batch_stats,
-                                        test_images, test_labels, counts)
+        evaluated = (
+            _evaluate_stream(evaluator, state, test_data, counts) if test_data is not None
+            else evaluation.evaluate(evaluator, state.params, state.batch_stats,
+                                     test_images, test_labels, counts))
       tracker.record(epoch, train, evaluated)
       bar.show_eval(tracker.final)
       for callback in callbacks:
@@ -333,6 +364,17 @@ def fit(model: Any, phases: Sequence[Phase], data: recipe_lib.DeviceDataset, *,
                    final_metrics=tracker.final, best_metrics=tracker.best,
                    best_epoch=tracker.best_epoch,
                    phase_states=(*state.phase_states, state.method_state))
+
+
+def _evaluate_stream(evaluator: evaluation.EvalFn, state: TrainState,
+                     test: stream_lib.StreamedDataset, counts: ArrayLike) -> dict[str, Any]:
+  """`evaluation.evaluate` on a streamed test set, batch by batch (counts on the device)."""
+  from ltjax.data import stream as stream_lib  # pylint: disable=import-outside-toplevel,redefined-outer-name
+  total = None
+  for fed in stream_lib.read_batches(test, np.arange(test.num_samples), evaluator.batch_size):
+    batch = evaluator.counts(state.params, state.batch_stats, fed.images, fed.labels)
+    total = batch if total is None else total + batch
+  return metrics.summarize_counts(total, np.asarray(counts))
 
 
 def _next_phase(state: TrainState, phase: Phase, counts: ArrayLike) -> TrainState:

@@ -1,0 +1,280 @@
+"""The streamed input path (ltjax.data.stream, ltjax.feed, ltjax.training.streamed).
+
+- Recipes whose batches are all clean train to the same parameters from a stream as from
+  the device (the two paths share the epoch permutation and the step keys).
+- Every class-law slot fed to the step follows its law: chi-square of the fed classes
+  against the closed-form laws (n_k / N, 1 / K, (n_max / n_k)^(1 / gamma), n_k^-r).
+- The class bank against a numpy transcription of its ring rule; its draws are uniform
+  over the bank slots and always of the requested class.
+- A batch split over processes is the one-process batch; an epoch resumed at step k
+  reads and trains what the uninterrupted epoch did.
+- Every registered method trains an epoch from a folder of generated JPEG files.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats
+
+grain = pytest.importorskip("grain")
+
+from ltjax import augment, feed, methods, recipe, samplers  # noqa: E402
+from ltjax.data import pipeline, stream  # noqa: E402
+from ltjax.models import get_model  # noqa: E402
+from ltjax.training import checkpoint, loop, optim, schedules, streamed, trainer  # noqa: E402
+
+K = 5
+COUNTS = np.array([44, 20, 10, 6, 5])  # N = 85: a last batch of 5 with drop_last=False
+N = int(COUNTS.sum())
+B = 16
+LABELS = np.repeat(np.arange(K), COUNTS).astype(np.int32)
+IMAGES = np.random.default_rng(0).integers(0, 256, (N, 8, 8, 1), dtype=np.uint8)
+NORMALIZE = augment.Normalize.of((0.5,), (0.25,))
+
+
+def streamed_set(**kwargs) -> stream.StreamedDataset:
+  return stream.StreamedDataset(pipeline.ArraySource(IMAGES, LABELS), LABELS, K,
+                                read_threads=1, **kwargs)
+
+
+def model_for(rcp):
+  name = "dual_small_cnn" if rcp.requirements().branches == 2 else "small_cnn"
+  return get_model(name, K, head=rcp.requirements().head, widths=(4, 8))
+
+
+def fit(rcp, data, epochs=2, **kwargs):
+  phase = trainer.Phase(rcp, epochs, optim.sgd(schedules.constant(0.05), momentum=0.9))
+  return trainer.fit(model_for(rcp), [phase], data, batch_size=B, seed=3,
+                     normalize_fn=NORMALIZE, progress=False, loop="steps", **kwargs)
+
+
+# ------------------------------------------------------------- same training on both paths
+
+@pytest.mark.parametrize("name, drop_last", [
+    ("erm", False), ("mixup_drw", True), ("cp_mix", True)])
+def test_clean_batch_recipes_train_equal_on_both_paths(name, drop_last):
+  overrides = {"stage2_epoch": 10} if name == "cp_mix" else {}  # stage 1 only
+  rcp = methods.get_recipe(name, num_epochs=2, **overrides)
+  on_device = fit(rcp, recipe.DeviceDataset.from_arrays(IMAGES, LABELS, K),
+                  drop_last=drop_last)
+  from_stream = fit(rcp, streamed_set(), drop_last=drop_last)
+  assert int(from_stream.state.step) == int(on_device.state.step) == 2 * (
+      N // B + (0 if drop_last else 1))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               on_device.state.params, from_stream.state.params)
+  np.testing.assert_allclose(from_stream.train_metrics["loss"],
+                             on_device.train_metrics["loss"], rtol=1e-5)
+
+
+def test_epoch_subset_predictions_equal_the_in_memory_ones():
+  """OTmix's F_hat from the engine's host-read predictions equals the on-device one."""
+  rcp = methods.get_recipe("otmix", num_epochs=2, confusion_per_class=6)
+  model = model_for(rcp)
+  tx = optim.sgd(schedules.constant(0.05))
+  data = streamed_set()
+  epoch = streamed.make_streamed_epoch(rcp, model.apply, tx, data, batch_size=B,
+                                       num_epochs=2, augment_fn=None,
+                                       normalize_fn=NORMALIZE, seed=0)
+  state = trainer.create_state(model, rcp, tx, NORMALIZE(IMAGES[:1]), jax.random.key(1),
+                               COUNTS)
+  on_device = recipe.DeviceDataset.from_arrays(IMAGES, LABELS, K)
+  evaluate = loop.make_evaluate(model.apply, state.params, state.batch_stats, NORMALIZE)
+  expected = rcp.begin_epoch(rcp.init_state(COUNTS), jnp.int32(0), on_device, evaluate,
+                             jax.random.fold_in(trainer.run_keys(0).epoch, 0), num_epochs=2)
+  began = epoch.begin(epoch.inputs, state, epoch.device_data, jnp.int32(0),
+                      epoch.predict(state))  # donates state
+  np.testing.assert_allclose(began.method_state["confusion"], expected["confusion"])
+  assert float(began.method_state["confusion"].sum()) > 0
+
+
+# ------------------------------------------------------------------ the laws that are fed
+
+def closed_form(name: str, **params) -> np.ndarray:
+  n = COUNTS.astype(np.float64)
+  weights = {"instance": n, "class_balanced": np.ones(K),
+             "reverse": (n.max() / n) ** (1 / params.get("gamma", np.inf)),
+             "inverse_power": n ** -params.get("r", 1.0)}[name]
+  return weights / weights.sum()
+
+
+def fed_labels(plan_laws, steps=150, refill=0):
+  data = streamed_set()
+  rows = tuple(np.arange(B) for _ in range(steps))
+  plan = stream.EpochPlan(seed=11, rows=rows, first_step=0, laws=plan_laws, refill=refill)
+  reader = stream.StepReader(data, plan)
+  feeds = [reader(t) for t in range(steps)]
+  for f in feeds:  # every fed image and label is the source's record
+    for fed in (*f.draws.values(), *(() if f.refill is None else (f.refill,))):
+      np.testing.assert_array_equal(fed.labels, LABELS[fed.indices])
+      np.testing.assert_array_equal(fed.images, IMAGES[fed.indices])
+  return feeds
+
+
+@pytest.mark.parametrize("rcp", [
+    methods.get_recipe("lobm", num_epochs=2), methods.get_recipe("dbn_mix", num_epochs=2, gamma=1.0),
+    methods.get_recipe("dbn_mix", num_epochs=2), methods.get_recipe("otmix", num_epochs=2),
+    methods.get_recipe("otmix", num_epochs=2, r=0.5), methods.CPMixFinetune()],
+    ids=["lobm", "dbn_gamma1", "dbn_gamma_inf", "otmix_r1", "otmix_r05", "cp_finetune"])
+def test_every_fed_law_slot_follows_its_law(rcp):
+  laws, banked = stream.feed_laws(rcp.requirements())
+  assert laws and not banked
+  feeds = fed_labels(laws)
+  for law in laws:
+    labels = np.concatenate([f.draws[law.slot].labels for f in feeds])
+    expected = closed_form(law.name, gamma=float(law.gamma), r=float(law.r))
+    observed = np.bincount(labels, minlength=K)
+    assert stats.chisquare(observed, expected * labels.size).pvalue > 1e-3, law
+
+
+def test_lobm_copies_are_independent_draws():
+  a_law, b_law = methods.get_recipe("lobm", num_epochs=2).requirements().draws
+  feeds = fed_labels((a_law, b_law))
+  a = np.concatenate([f.draws[a_law.slot].labels for f in feeds])
+  b = np.concatenate([f.draws[b_law.slot].labels for f in feeds])
+  table = np.zeros((K, K))
+  np.add.at(table, (a, b), 1)
+  assert stats.chi2_contingency(table).pvalue > 1e-3
+  assert not np.array_equal(a, b)
+
+
+def test_bank_refill_is_class_balanced():
+  feeds = fed_labels((), refill=B)
+  labels = np.concatenate([f.refill.labels for f in feeds])
+  assert stats.chisquare(np.bincount(labels, minlength=K)).pvalue > 1e-3
+
+
+def test_cp_mix_declares_a_bank_and_no_law_slot():
+  laws, banked = stream.feed_laws(methods.get_recipe("cp_mix", num_epochs=2).requirements())
+  assert laws == () and banked
+
+
+# --------------------------------------------------------------------------- class bank
+
+def ring_reference(images, indices, written, labels, new_images, new_indices):
+  """The ring rule, transcribed from the ltjax.feed docstring, one image at a time."""
+  images, indices, written = images.copy(), indices.copy(), written.copy()
+  per_class = indices.shape[1]
+  seen = np.zeros_like(written)
+  for label, image, index in zip(labels, new_images, new_indices):
+    if seen[label] < per_class:
+      slot = (written[label] + seen[label]) % per_class
+      images[label, slot], indices[label, slot] = image, index
+    seen[label] += 1
+  return images, indices, written + np.minimum(seen, per_class)
+
+
+def test_refill_matches_the_ring_rule():
+  rng = np.random.default_rng(4)
+  per_class = 3
+  start = feed.bank_from_batch(feed.FedBatch(
+      rng.integers(0, 256, (K * per_class, 2, 2, 1), dtype=np.uint8),
+      np.repeat(np.arange(K), per_class), np.arange(K * per_class)), K, per_class)
+  bank = start
+  expected = tuple(np.asarray(a) for a in start)
+  for step in range(6):
+    labels = rng.choice(K, 9, p=[0.6, 0.1, 0.1, 0.1, 0.1]).astype(np.int32)  # >S of class 0
+    batch = feed.FedBatch(rng.integers(0, 256, (9, 2, 2, 1), dtype=np.uint8), labels,
+                          100 * (step + 1) + np.arange(9, dtype=np.int32))
+    bank = jax.jit(feed.refill)(bank, batch)
+    expected = ring_reference(*expected, labels, np.asarray(batch.images),
+                              np.asarray(batch.indices))
+    for got, want in zip(bank, expected):
+      np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_bank_take_is_uniform_over_slots_and_of_the_requested_class():
+  per_class = 4
+  bank = feed.bank_from_batch(feed.FedBatch(
+      np.arange(K * per_class, dtype=np.uint8).reshape(-1, 1, 1, 1),
+      np.repeat(np.arange(K), per_class), np.arange(K * per_class)), K, per_class)
+  classes = jnp.asarray(np.random.default_rng(0).integers(0, K, 4000), jnp.int32)
+  images, indices = bank.take(jax.random.key(0), classes)
+  np.testing.assert_array_equal(np.asarray(indices) // per_class, np.asarray(classes))
+  np.testing.assert_array_equal(np.asarray(images).ravel(), np.asarray(indices))
+  slots = np.asarray(indices) % per_class
+  assert stats.chisquare(np.bincount(slots, minlength=per_class)).pvalue > 1e-3
+
+
+# ------------------------------------------------------------ processes and resumption
+
+def test_a_batch_split_over_processes_is_the_one_process_batch():
+  data = streamed_set(transforms=(pipeline.RandomResizedCrop(6),
+                                  pipeline.RandomHorizontalFlip()))
+  laws = methods.get_recipe("lobm", num_epochs=2).requirements().draws
+  rows = (np.arange(B), np.arange(B, 2 * B))
+  plan = lambda p, count: stream.EpochPlan(seed=5, rows=rows, first_step=7, laws=laws,
+                                           refill=B, process_index=p, process_count=count)
+  whole = stream.StepReader(data, plan(0, 1))(1)
+  parts = [stream.StepReader(data, plan(p, 2))(1) for p in range(2)]
+  joined = jax.tree.map(lambda a, b: np.concatenate([a, b]), *parts)
+  jax.tree.map(np.testing.assert_array_equal, whole, joined)
+
+
+def test_an_epoch_resumed_at_step_k_continues_the_uninterrupted_one(tmp_path):
+  rcp = methods.get_recipe("lobm", num_epochs=1)
+  model = model_for(rcp)
+  tx = optim.sgd(schedules.constant(0.05), momentum=0.9)
+  data = streamed_set(transforms=(pipeline.RandomHorizontalFlip(),))
+  epoch = streamed.make_streamed_epoch(rcp, model.apply, tx, data, batch_size=B,
+                                       num_epochs=1, augment_fn=None,
+                                       normalize_fn=NORMALIZE, seed=0)
+  fresh = lambda: trainer.create_state(model, rcp, tx, NORMALIZE(IMAGES[:1]),
+                                       jax.random.key(1), COUNTS)
+  whole, _ = epoch(fresh(), 0)
+  part, _ = epoch(fresh(), 0, stop=2)
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  ckpt.save(1, part, phase=0, seed=0, force=True, metrics={})
+  restored, _ = ckpt.restore(fresh())
+  ckpt.close()
+  resumed, _ = epoch(restored, 0, start=int(restored.step))
+  assert int(resumed.step) == int(whole.step) == N // B
+  jax.tree.map(np.testing.assert_array_equal, whole.params, resumed.params)
+
+
+# ------------------------------------------------------ every method from JPEG files
+
+def jpeg_folder(root: pathlib.Path, counts, size=20) -> tuple[list[str], np.ndarray]:
+  rng = np.random.default_rng(0)
+  paths, labels = [], []
+  for k, n in enumerate(counts):
+    folder = root / f"class{k:02d}"
+    folder.mkdir(parents=True)
+    for i in range(n):
+      path = folder / f"{i}.jpg"
+      color = rng.integers(0, 256, 3)
+      image = np.clip(color + rng.normal(0, 20, (size, size + 4, 3)), 0, 255)
+      Image.fromarray(image.astype(np.uint8)).save(path, quality=90)
+      paths.append(str(path))
+      labels.append(k)
+  return paths, np.asarray(labels, np.int32)
+
+
+@pytest.fixture(scope="module")
+def jpeg_stream(tmp_path_factory):
+  counts = [24, 14, 9, 6, 4, 3]
+  paths, labels = jpeg_folder(tmp_path_factory.mktemp("jpeg_lt"), counts)
+  return stream.StreamedDataset(
+      pipeline.ImageFileSource(paths, labels), labels, len(counts), read_threads=2,
+      transforms=(pipeline.RandomResizedCrop(12), pipeline.RandomHorizontalFlip()),
+      eval_transforms=(pipeline.ResizeCenterCrop(14, 12),))
+
+
+@pytest.mark.parametrize("name", methods.METHODS)
+def test_every_method_trains_from_jpeg_files(name, jpeg_stream):
+  rcp = methods.get_recipe(name, num_epochs=2)
+  k = jpeg_stream.num_classes
+  branch = "dual_small_cnn" if rcp.requirements().branches == 2 else "small_cnn"
+  model = get_model(branch, k, head=rcp.requirements().head, widths=(4, 8))
+  phase = trainer.Phase(rcp, 1, optim.sgd(schedules.constant(0.02), momentum=0.9))
+  norm = augment.Normalize.of((0.5,) * 3, (0.25,) * 3)
+  result = trainer.fit(model, [phase], jpeg_stream, batch_size=B, seed=0, normalize_fn=norm,
+                       progress=False, test_data=jpeg_stream, eval_batch_size=32)
+  assert int(result.state.step) == jpeg_stream.num_samples // B
+  assert np.isfinite(result.train_metrics["loss"])
+  assert 0.0 <= result.final_metrics["top1"] <= 1.0

@@ -175,3 +175,23 @@ def test_source_errors_and_filelist_source(tmp_path, image_files):
     pipeline.ImageFileSource([str(broken)], np.zeros(1, np.int32))[0]  # pylint: disable=expression-not-assigned
   with pytest.raises(DataError, match="missing.png"):
     pipeline.ImageFileSource([str(tmp_path / "missing.png")], np.zeros(1, np.int32))[0]  # pylint: disable=expression-not-assigned
+
+
+def test_resize_random_crop_is_a_window_of_the_resized_image():
+  """Every crop is a size x size window of the (resize x resize) Pillow bilinear resize,
+  and its position is uniform over the possible offsets."""
+  image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+  resized = np.asarray(Image.fromarray(image).resize((12, 12), Image.BILINEAR))
+  crop = pipeline.ResizeRandomCrop(12, 8)
+  offsets = []
+  for seed in range(300):
+    out = crop.random_map({"image": image}, np.random.default_rng(seed))["image"]
+    assert out.shape == (8, 8, 3)
+    hits = [(t, l) for t in range(5) for l in range(5)
+            if np.array_equal(resized[t:t + 8, l:l + 8], out)]
+    assert hits
+    offsets.append(hits[0])
+  tops = np.bincount([t for t, _ in offsets], minlength=5)
+  assert stats.chisquare(tops).pvalue > 1e-3
+  with pytest.raises(ValueError, match="must be <= resize"):
+    pipeline.ResizeRandomCrop(8, 12)

@@ -54,15 +54,33 @@ def _digest(*parts: Any) -> str:
 
 
 class ImageFileSource:
-  """Random-access source over image files: record i = {"image", "label", "index"}."""
+  """Random-access source over image files: record i = {"image", "label", "index"}.
 
-  def __init__(self, paths: Sequence[str], labels: np.ndarray, mode: str = "RGB"):
+  Args:
+    paths: the image files.
+    labels: (N,) int labels.
+    mode: Pillow mode of the decoded images.
+    draft_size: None decodes every file at full size. Otherwise the smallest side the
+      later transforms need (RandomResizedCrop(224): 224; ResizeCenterCrop(256, 224):
+      256): a JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale (DCT
+      scaling, `decode_image`), its short side still >= draft_size, for a fraction of the
+      decoding time. Area fractions and aspect ratios, hence RandomResizedCrop's boxes,
+      do not change with the scale; a crop smaller than the output is then upsampled from
+      fewer pixels than in the full-size image.
+  """
+
+  def __init__(self, paths: Sequence[str], labels: np.ndarray, mode: str = "RGB",
+               draft_size: int | None = None):
     if len(paths) != len(labels):
       raise ValueError(f"paths and labels differ in length: {len(paths)} vs {len(labels)}.")
+    if draft_size is not None and draft_size < 1:
+      raise ValueError(f"draft_size must be >= 1 or None, got {draft_size}.")
     self._paths = tuple(str(p) for p in paths)
     self._labels = np.asarray(labels, np.int32)
     self._mode = mode
-    self._repr = (f"ImageFileSource(n={len(self._paths)}, mode={mode}, "
+    self._draft_size = draft_size
+    draft = "" if draft_size is None else f", draft_size={draft_size}"
+    self._repr = (f"ImageFileSource(n={len(self._paths)}, mode={mode}{draft}, "
                   f"digest={_digest(self._paths, self._labels)})")
 
   def __len__(self) -> int:
@@ -75,8 +93,8 @@ class ImageFileSource:
         data = f.read()
     except OSError as e:
       raise DataError(f"Cannot read image {path}: {e}") from e
-    return {"image": decode_image(data, path, self._mode), "label": self._labels[index],
-            "index": np.int64(index)}
+    return {"image": decode_image(data, path, self._mode, self._draft_size),
+            "label": self._labels[index], "index": np.int64(index)}
 
   def __repr__(self) -> str:
     return self._repr
@@ -104,11 +122,12 @@ class ArraySource:
     return self._repr
 
 
-def source_for(ds: ArrayDataset | FileListDataset, split: str = "train"):
-  """The grain source of one split of a dataset."""
+def source_for(ds: ArrayDataset | FileListDataset, split: str = "train",
+               draft_size: int | None = None):
+  """The grain source of one split of a dataset (draft_size: see `ImageFileSource`)."""
   labels = getattr(ds, f"{split}_labels")
   if isinstance(ds, FileListDataset):
-    return ImageFileSource(getattr(ds, f"{split}_paths"), labels)
+    return ImageFileSource(getattr(ds, f"{split}_paths"), labels, draft_size=draft_size)
   return ArraySource(getattr(ds, f"{split}_images"), labels)
 
 
@@ -165,12 +184,20 @@ class ClassLawSampler:
     return self._repr
 
 
+def _to_pil(image: np.ndarray) -> Image.Image:
+  """A uint8 (H, W, C) array as a Pillow image (C = 1: mode "L")."""
+  return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def _from_pil(image: Image.Image) -> np.ndarray:
+  """A Pillow image as a uint8 (H, W, C) array."""
+  out = np.asarray(image)
+  return out[..., None] if out.ndim == 2 else out
+
+
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
   """Bilinear resize of a uint8 (H, W, C) image (Pillow)."""
-  channels = image.shape[-1]
-  pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-  out = np.asarray(pil.resize((width, height), Image.BILINEAR))
-  return out[..., None] if out.ndim == 2 else out
+  return _from_pil(_to_pil(image).resize((width, height), Image.BILINEAR))
 
 
 class RandomResizedCrop(grain.transforms.RandomMap):
@@ -211,14 +238,19 @@ class RandomResizedCrop(grain.transforms.RandomMap):
 
 
 class RandomHorizontalFlip(grain.transforms.RandomMap):
-  """Mirrors the image left-right with probability p."""
+  """Mirrors the image left-right with probability p.
+
+  The mirror image is a contiguous array written by Pillow: a reversed numpy view would
+  make every later copy of it (jitter, batching) a slow strided copy of 3-byte pixels.
+  """
 
   def __init__(self, p: float = 0.5):
     self.p = p
 
   def random_map(self, element: Record, rng: np.random.Generator) -> Record:
     if rng.random() < self.p:
-      return {**element, "image": element["image"][:, ::-1]}
+      mirror = _to_pil(element["image"]).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+      return {**element, "image": _from_pil(mirror)}
     return element
 
 
@@ -273,6 +305,22 @@ class ResizeCenterCrop(grain.transforms.Map):
     nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
     image = _resize(image, nh, nw)
     top, left = (nh - self.size) // 2, (nw - self.size) // 2
+    return {**element, "image": image[top:top + self.size, left:left + self.size]}
+
+
+class ResizeRandomCrop(grain.transforms.RandomMap):
+  """Resize to resize x resize (aspect ratio not kept), then a uniformly placed size x size
+  crop: the DBN-Mix (sec. 4.2) and CP-Mix (appendix B.2.2) training input, "resized to
+  256 x 256 ... randomly cropped to 224 x 224"."""
+
+  def __init__(self, resize: int = 256, size: int = 224):
+    if size > resize:
+      raise ValueError(f"size ({size}) must be <= resize ({resize}).")
+    self.resize, self.size = resize, size
+
+  def random_map(self, element: Record, rng: np.random.Generator) -> Record:
+    image = _resize(element["image"], self.resize, self.resize)
+    top, left = (int(rng.integers(0, self.resize - self.size + 1)) for _ in range(2))
     return {**element, "image": image[top:top + self.size, left:left + self.size]}
 
 

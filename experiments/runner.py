@@ -27,7 +27,8 @@ from ltjax.models import registry as models
 from ltjax.training import loop, optim, schedules, sharding, trainer
 from ltjax.training.checkpoint import Checkpointer
 
-NORMALIZATIONS = ("cifar", "cifar_stats", "dataset")
+NORMALIZATIONS = ("cifar", "cifar_stats", "dataset", "imagenet", "inat2018")
+STREAMED = "stream"  # config.input.pipeline of the datasets read by grain step by step
 # The full CIFAR training sets' own mean / std, the `normalize="cifar_stats"` constants
 # (DBN-Mix code, data/dataloader.py `dataset_statistics`).
 CIFAR_STATS = {
@@ -98,7 +99,7 @@ def model_name(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe) -> str
 
 def build_model(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe,
                 num_classes: int) -> Any:
-  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  kwargs = {k: v for k, v in config.model.items() if k not in ("name", "pretrained")}
   return models.get_model(model_name(config, rcp), num_classes,
                           head=rcp.requirements().head, **kwargs)
 
@@ -120,16 +121,19 @@ def check_setup(config: ml_collections.ConfigDict, num_classes: int,
   return rcp, model
 
 
-def normalizer(config: ml_collections.ConfigDict, train_images: np.ndarray
+def normalizer(config: ml_collections.ConfigDict, train_images: np.ndarray | None
                ) -> tuple[Callable[[jax.Array], jax.Array], dict[str, list[float]]]:
   """`uint8 -> float32` input normalisation by config.normalize.
 
+  Streamed datasets ("imagenet", "inat2018"): config.input.mean / .std (train_images None).
   "cifar": the CIFAR constants of LDAM-DRW and its descendants (RGB images);
   "cifar_stats": the full CIFAR-10 / CIFAR-100 training set's mean / std (CIFAR_STATS);
   otherwise, and for datasets those do not fit, the long-tailed training set's own stats.
   """
   kind = config.get("normalize", "cifar")
-  if kind == "cifar" and train_images.shape[-1] == 3:
+  if streamed(config):  # "imagenet" / "inat2018": the config's input.mean / input.std
+    mean, std = tuple(config.input.mean), tuple(config.input.std)
+  elif kind == "cifar" and train_images.shape[-1] == 3:
     mean, std = augment.CIFAR_MEAN, augment.CIFAR_STD
   elif kind == "cifar_stats" and config.dataset.name in CIFAR_STATS:
     mean, std = CIFAR_STATS[config.dataset.name]
@@ -153,22 +157,33 @@ def augmenter(config: ml_collections.ConfigDict):
                                                       pad_mode=pad_mode)
 
 
-def load_dataset(config: ml_collections.ConfigDict) -> ltdata.ArrayDataset:
+def streamed(config: ml_collections.ConfigDict) -> bool:
+  """Whether the config trains from the grain stream (config.input.pipeline)."""
+  return config.get("input", {}).get("pipeline", "device") == STREAMED
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> ltdata.Dataset:
   """The long-tailed training set and balanced test set named by config.dataset.
 
+  Decoded arrays for the in-memory datasets; image paths for the file-list datasets
+  (ImageNet-LT, Places-LT, iNaturalist 2018: long-tailed by their split files, so rho and
+  profile do not apply), which train from the stream (config.input.pipeline="stream").
+
   Raises:
-    UserError: a dataset the trainer cannot train yet, bad long-tail arguments, or missing
-      data files (ltjax.data's message says how to get them).
+    UserError: a dataset the config's input pipeline cannot train, bad long-tail arguments,
+      or missing data files (ltjax.data's message says how to get them).
   """
   kwargs = config.dataset.to_dict()
   name = kwargs.pop("name")
   on_device = [n for n in ltdata.DEFAULT_LONGTAIL if n != "toy2d"]
+  if name == "toy2d":
+    raise UserError("Dataset 'toy2d' is 2-D feature data, not images: see "
+                    "colabs/toy_decision_boundaries.ipynb.")
   if name in ltdata.DATASETS and name not in on_device:
-    raise UserError(f"Dataset {name!r} cannot be trained by experiments.train yet: it trains "
-                    f"on decoded image arrays held on the device ({', '.join(on_device)}). "
-                    "toy2d is 2-D feature data (see colabs/toy_decision_boundaries.ipynb); "
-                    "the file-list datasets need the grain input pipeline "
-                    "(ltjax.data.pipeline), which fit does not take yet.")
+    if not streamed(config):
+      raise UserError(f"Dataset {name!r} is read from image files: it trains with "
+                      "--config.input.pipeline=stream (its config's default).")
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("rho", "profile")}
   kwargs = {k: v for k, v in kwargs.items() if v is not None and v != ""}
   try:
     return ltdata.get_dataset(name, **kwargs)
@@ -176,13 +191,20 @@ def load_dataset(config: ml_collections.ConfigDict) -> ltdata.ArrayDataset:
     raise UserError(str(e)) from e
 
 
-def dataset_info(config: ml_collections.ConfigDict, ds: ltdata.ArrayDataset,
+def sample_shape(config: ml_collections.ConfigDict, ds: ltdata.Dataset) -> tuple[int, ...]:
+  """(H, W, C) of a training input: the array's, or the stream's crop (RGB)."""
+  if streamed(config):
+    return (config.input.train_size, config.input.train_size, 3)
+  return tuple(ds.train_images.shape[1:])
+
+
+def dataset_info(config: ml_collections.ConfigDict, ds: ltdata.Dataset,
                  norm: dict[str, Any]) -> dict[str, Any]:
   """The content of dataset.json."""
   return {"name": config.dataset.name, "class_names": list(ds.class_names),
           "num_classes": ds.num_classes, "train_counts": ds.train_counts,
           "test_counts": ds.test_counts, "num_train": int(ds.train_labels.size),
-          "num_test": int(ds.test_labels.size), "image_shape": ds.train_images.shape[1:],
+          "num_test": int(ds.test_labels.size), "image_shape": sample_shape(config, ds),
           "imbalance": float(ds.train_counts.max() / max(ds.train_counts.min(), 1)),
           "normalization": norm,
           "meta": {k: v for k, v in ds.meta.items() if k not in ("counts", "original_counts")}}
@@ -266,17 +288,68 @@ def latest_epoch(workdir: str) -> int:
     ckpt.close()
 
 
+def streams(config: ml_collections.ConfigDict, ds: ltdata.FileListDataset):
+  """The training and test streams of a file-list dataset, with config.input's transforms.
+
+  Training: `input.crop` ("random_resized": RandomResizedCrop(train_size, scale, ratio);
+  "resize_random": resize to eval_resize x eval_resize, then a random train_size crop),
+  flip, ColorJitter(jitter) when jitter > 0; test and epoch subsets: ResizeCenterCrop(
+  eval_resize, eval_size). With input.draft, JPEGs decode at the smallest DCT scale that
+  keeps the short side >= what the crop reads.
+  """
+  from ltjax.data import pipeline, stream  # pylint: disable=import-outside-toplevel
+  i = config.input
+  if i.crop == "random_resized":
+    crop = pipeline.RandomResizedCrop(i.train_size, tuple(i.scale), tuple(i.ratio))
+  elif i.crop == "resize_random":
+    crop = pipeline.ResizeRandomCrop(i.eval_resize, i.train_size)
+  else:
+    raise UserError(f"Unknown config.input.crop {i.crop!r}; valid: random_resized, "
+                    "resize_random.")
+  train = [crop] + ([pipeline.RandomHorizontalFlip()] if i.flip else [])
+  if i.jitter:
+    train.append(pipeline.ColorJitter(i.jitter, i.jitter, i.jitter))
+  draft = max(i.train_size, i.eval_resize) if i.draft else None
+  common = dict(num_classes=ds.num_classes, worker_count=i.worker_count,
+                prefetch=i.prefetch, eval_transforms=(pipeline.ResizeCenterCrop(
+                    i.eval_resize, i.eval_size),))
+  train_set = stream.StreamedDataset(
+      pipeline.ImageFileSource(ds.train_paths, ds.train_labels, draft_size=draft),
+      ds.train_labels, transforms=tuple(train), **common)
+  test_set = stream.StreamedDataset(
+      pipeline.ImageFileSource(ds.test_paths, ds.test_labels, draft_size=draft),
+      ds.test_labels, **common)
+  return train_set, test_set
+
+
 def train_phases(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh,
                  stop_after) -> trainer.FitResult:
-  """`fit` over every phase of the run, resuming from the workdir's latest checkpoint."""
+  """`fit` over every phase of the run, resuming from the workdir's latest checkpoint
+  (`data`: the training set on the device, or the (train, test) streams)."""
+  if streamed(config):
+    data, test = data
+    test_kwargs = {"test_data": test}
+  else:
+    test_kwargs = {"test_images": ds.test_images, "test_labels": ds.test_labels}
   return trainer.fit(
       model, phases, data, batch_size=config.batch_size, seed=config.seed,
       normalize_fn=normalize_fn, augment_fn=augmenter(config), workdir=workdir,
-      test_images=ds.test_images, test_labels=ds.test_labels,
+      **test_kwargs,
       eval_every=config.eval_every, eval_batch_size=config.eval_batch_size,
       checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
       callbacks=callbacks, mesh=mesh, progress=config.progress, stop_after=stop_after,
-      loop=config.loop, drop_last=config.drop_last)
+      loop=config.loop, drop_last=config.drop_last, init_variables=pretrained(config))
+
+
+def pretrained(config: ml_collections.ConfigDict):
+  """`fit`'s init_variables loading config.model.pretrained (None without a path)."""
+  path = config.model.get("pretrained")
+  if not path:
+    return None
+  if not os.path.exists(path):
+    raise UserError(f"config.model.pretrained: no such file or folder {path!r}.")
+  from ltjax.models import pretrained as weights  # pylint: disable=import-outside-toplevel
+  return lambda params, batch_stats: weights.load_pretrained(params, batch_stats, path)
 
 
 def write_plots(workdir: str, final: dict[str, Any], ds: ltdata.ArrayDataset,
@@ -316,6 +389,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
   config.json / dataset.json / env.json are written before training a new run and after
   the restore and training of a resumed one.
 
+  Multi-process runs: every process calls `run` with the same arguments and trains; process
+  0 alone claims the workdir (`workdir.claim_job`), logs and writes its files (run files,
+  metrics.jsonl, TensorBoard, plots, method views, results.json); orbax checkpoints are
+  written by all. Every process returns the same results, the other processes' without
+  `extra.method_view` (process 0 computes the views as it draws them).
+
   Args:
     config: a resolved experiment config (experiments/configs/*.py).
     workdir: run folder; resumed from its latest checkpoint when it has one.
@@ -336,9 +415,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after: int | None 
   rcp = build_recipe(config)
   config = resolve(config, rcp)
   fields = workdir_lib.fingerprint_fields(config)
+  main = sharding.is_main_process()
+  log = log if main else _silent
   with cli.disk_full_errors(workdir), \
-       workdir_lib.claim(workdir, fields, on_mismatch, log) as workdir:
+       workdir_lib.claim_job(workdir, fields, on_mismatch, log, main=main,
+                             share=sharding.broadcast_text) as workdir:
     return _run_locked(config, workdir, fields, stop_after, log, import_s, started)
+
+
+def _silent(_: str) -> None:
+  """The log of the processes other than process 0."""
 
 
 @dataclasses.dataclass
@@ -359,44 +445,52 @@ def _setup(config: ml_collections.ConfigDict) -> _Setup:
   """Data (timed), then the checks and builders, cheapest first."""
   loading = time.perf_counter()
   ds = load_dataset(config)
-  data = recipe_lib.DeviceDataset.from_arrays(ds.train_images, ds.train_labels,
-                                              ds.num_classes)
+  if streamed(config):
+    data = streams(config, ds)
+  else:
+    data = recipe_lib.DeviceDataset.from_arrays(ds.train_images, ds.train_labels,
+                                                ds.num_classes)
   data_s = time.perf_counter() - loading
   steps = steps_per_epoch(config, ds.train_labels.size)
-  rcp, model = check_setup(config, ds.num_classes, ds.train_images.shape[1:])
-  normalize_fn, norm = normalizer(config, ds.train_images)
+  rcp, model = check_setup(config, ds.num_classes, sample_shape(config, ds))
+  normalize_fn, norm = normalizer(config, getattr(ds, "train_images", None))
   return _Setup(ds, data, rcp, model, normalize_fn, norm,
                 build_phases(config, rcp, ds.train_labels.size), steps, data_s)
 
 
 def _run_locked(config, workdir, fields, stop_after, log, import_s, started):
-  """`run` once the workdir is claimed: setup, training, timing segment, reports."""
+  """`run` once the workdir is claimed: setup, training, timing segment, reports (the
+  files written by process 0 only)."""
+  writes = sharding.is_main_process()
   with timing.compile_clock() as compiled:
     setup = _setup(config)
     resuming = workdir_lib.holds_run(workdir)
-    if not resuming:
+    if not resuming and writes:
       write_run_files(workdir, config, setup.ds, setup.norm)
       workdir_lib.start_record(workdir, fields)
+    segments = workdir_lib.segments(workdir) if resuming else []
     start = latest_epoch(workdir)
     if start:
       log(f"Resuming {workdir} after epoch {start}.")
     with reporting.RunLogger(workdir, steps_per_epoch=setup.steps, start_epoch=start,
-                             class_names=setup.ds.class_names, config=config) as callback:
+                             class_names=setup.ds.class_names, config=config,
+                             writes=writes) as callback:
       fit_start, compile_before = time.perf_counter(), compiled()
       try:
         result = train_phases(
             config, setup.model, setup.phases, setup.data, setup.normalize_fn, setup.ds,
             workdir, [callback], make_mesh(config), stop_after)
       finally:
-        segments = workdir_lib.segments(workdir)
         if callback.epoch_times:
           end = time.perf_counter()
-          segments = workdir_lib.add_segment(workdir, fields, timing.segment(
+          segment = timing.segment(
               from_epoch=start, epoch_times=callback.epoch_times, import_s=import_s,
               data_s=setup.data_s, compile_s=compiled(), fit_s=end - fit_start,
-              fit_compile_s=compiled() - compile_before, run_s=end - started))
+              fit_compile_s=compiled() - compile_before, run_s=end - started)
+          segments = (workdir_lib.add_segment(workdir, fields, segment) if writes
+                      else [*segments, segment])
       rows = list(callback.rows)
-  if resuming:
+  if resuming and writes:
     write_run_files(workdir, config, setup.ds, setup.norm)
   if result.final_metrics is None:
     log(f"{config.method}: stopped after epoch {result.epochs_done} (checkpoint saved); no "
@@ -410,31 +504,48 @@ def _run_locked(config, workdir, fields, stop_after, log, import_s, started):
 
 
 def _report(config, workdir, fields, setup, result, rows, times, log):
-  """Plots, the method's view and results.json of a run that was evaluated."""
+  """Plots, the method's view and results.json of a run that was evaluated (written, and
+  the view computed, by process 0 only)."""
   ds, final, total = setup.ds, result.final_metrics, times["num_epochs"]
+  writes = sharding.is_main_process()
   extra = {"method": config.method, "complete": result.epochs_done >= total,
            "best_epoch": result.best_epoch,
            "best_top1": (result.best_metrics or {}).get("top1")}
-  if config.plots:
+  if config.plots and writes:
     write_plots(workdir, final, ds, config)
-    from experiments import analysis  # pylint: disable=import-outside-toplevel
-    state = result.state
-    extra["method_view"] = analysis.method_views(setup.rcp, analysis.RunData(
-        workdir=workdir, counts=ds.train_counts, class_names=list(ds.class_names),
-        seed=config.seed, num_draws=config.analysis_draws,
-        method_state=result.phase_states[0],
-        model=(setup.model.apply, state.params, state.batch_stats),
-        data=setup.data, normalize_fn=setup.normalize_fn, batch_size=config.batch_size))
+    if not streamed(config):  # the views redraw batches from the on-device training set
+      extra["method_view"] = method_view(config, workdir, setup, result)
   results = reporting.summarize_run(rows, final, ds.class_names, ds.train_counts, times,
                                     extra)
   results["protocol"] = protocol_info(config)
   results["fingerprint"] = workdir_lib.fingerprint(fields)
-  reporting.write_json(os.path.join(workdir, "results.json"), results)
+  if writes:
+    reporting.write_json(os.path.join(workdir, "results.json"), results)
   f = results["final"]
   log(f"{config.method}: top1 {100 * f['top1']:.2f}  many {pct(f.get('many'))}  "
       f"medium {pct(f.get('medium'))}  few {pct(f.get('few'))}  "
       f"({times['wall_time_s']:.1f} s over {times['processes']} process(es)) -> {workdir}")
   return results
+
+
+def method_view(config: ml_collections.ConfigDict, workdir: str, setup: _Setup,
+                result: trainer.FitResult) -> dict[str, Any]:
+  """The method's views (`experiments.analysis.method_views`: figures in the workdir, their
+  numbers returned).
+
+  They run on one device's copy of the trained variables and method state, so that
+  process 0 computes them alone in a multi-process run (the trained arrays span every
+  process).
+  """
+  from experiments import analysis  # pylint: disable=import-outside-toplevel
+  state = result.state
+  method_state, params, batch_stats = sharding.local_copy(
+      (result.phase_states[0], state.params, state.batch_stats))
+  return analysis.method_views(setup.rcp, analysis.RunData(
+      workdir=workdir, counts=setup.ds.train_counts, class_names=list(setup.ds.class_names),
+      seed=config.seed, num_draws=config.analysis_draws, method_state=method_state,
+      model=(setup.model.apply, params, batch_stats), data=setup.data,
+      normalize_fn=setup.normalize_fn, batch_size=config.batch_size))
 
 
 def protocol_info(config: ml_collections.ConfigDict) -> dict[str, str]:

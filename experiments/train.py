@@ -31,9 +31,10 @@ Workdir rules (experiments/workdir.py):
                in experiments/workdir.py); otherwise it stops, naming the differing fields
                (`optim.lr: 0.05 -> 0.07`), unless --on_mismatch=fresh (the old run moves to
                `<workdir>-old<N>`) or --on_mismatch=fork (trains in `<workdir>-fork<N>`).
-  lock         one process per workdir (`<workdir>/.lock`, PID and host); a second one
-               stops with "workdir <path> is in use by process N (host H)". A lock left by
-               a killed process on this host is taken over.
+  lock         one run per workdir (`<workdir>/.lock`, PID and host; process 0 holds it
+               for every process of a multi-process run); a second one stops with
+               "workdir <path> is in use by process N (host H)". A lock left by a killed
+               process on this host is taken over.
   config.json  written before training a new run, and only after the restore (and the
                training) of a resumed one.
 
@@ -58,9 +59,13 @@ Workdir after a run:
 Flags: --jax_distributed (or config.jax_distributed), or --coordinator_address /
 --num_processes / --process_id for a multi-process run, call
 `ltjax.training.sharding.initialize_distributed` first (JAX detects what is not given on
-SLURM and TPU pods; every process then writes the workdir: runs on several hosts are not
-supported yet); config.num_devices (0: all local
-devices) sets the data-parallel mesh; --stop_after=E (>= 1) stops after E epochs of the run
+SLURM and TPU pods). Every process of such a run starts the same command and trains on a
+mesh over all the processes' devices; process 0 alone claims and locks the workdir
+(the others follow it, forks included), logs, and writes the files above but the
+checkpoints, which orbax writes from every process, so the workdir must be on a
+filesystem they all see; a checkpoint resumes in any number of processes.
+config.num_devices (0: all devices; a multi-process run uses all) sets the data-parallel
+mesh; --stop_after=E (>= 1) stops after E epochs of the run
 (a later run in the same workdir resumes). A stop before the first evaluation exits 0 with
 "stopped after epoch E (checkpoint saved); no evaluation yet, rerun to continue" and writes
 no results.json (nothing was evaluated; the next evaluation is the config's own).

@@ -36,6 +36,34 @@ distinct give a `ScheduleCollapseWarning` (the `quick` smoke runs merge them by 
 Every config has `dataset.data_dir`, a typed placeholder (None: `ltjax.data`'s search path,
 `LTJAX_DATA_DIR`), so `--config.dataset.data_dir=PATH` points any config at its files.
 
+Every config has an `input` section; `input.pipeline` says how training images reach the
+model. "device" (the default; CIFAR-LT, Fashion-MNIST-LT, digits): the decoded training set
+is held on the device and augmented there by `augment` (pad-and-crop, flip) and `normalize`.
+"stream" (ImageNet-LT, Places-LT, iNaturalist 2018: `STREAM_INPUT`): images are decoded and
+augmented on the host by grain workers (`ltjax.data.pipeline`) and fed to the device batch
+by batch; `augment.pad` is 0 and `augment.flip` False there, and these fields apply:
+
+| field               | meaning (stream only)                                             |
+|---------------------|-------------------------------------------------------------------|
+| input.crop          | "random_resized": torchvision RandomResizedCrop(train_size, scale,  |
+|                     | ratio); "resize_random": resize to eval_resize x eval_resize, then  |
+|                     | a uniformly placed train_size x train_size crop (the DBN-Mix /      |
+|                     | CP-Mix texts' "resized to 256 x 256 ... random crop to 224")       |
+| input.train_size    | side of the training crop (224)                                    |
+| input.scale         | RandomResizedCrop area fraction range ((0.08, 1.0))                |
+| input.ratio         | RandomResizedCrop aspect-ratio range ((3/4, 4/3))                  |
+| input.flip          | random horizontal flip with probability 0.5                        |
+| input.jitter        | ColorJitter brightness = contrast = saturation strength, hue 0     |
+|                     | (0.4, or 0: no jitter)                                             |
+| input.eval_resize   | evaluation: short side resized to this (256) ...                   |
+| input.eval_size     | ... then the central eval_size x eval_size crop (224)              |
+| input.mean, .std    | per-channel normalisation of [0, 1] RGB after augmentation; the    |
+|                     | numbers `normalize` names ("imagenet": IMAGENET_MEAN / _STD)      |
+| input.worker_count  | grain worker processes decoding and augmenting (0: in-process)     |
+| input.prefetch      | batches prefetched per worker and to the device                    |
+| input.draft         | decode JPEGs at reduced size (PIL draft mode: DCT scaling to the    |
+|                     | smallest size >= what the crop needs)                              |
+
 Epoch numbers are 0-based epochs of the protocol's full-length run (a milestone 160 means
 the rate drops from the first step of epoch 160, which is what the reference code's
 `if epoch > 160` on its 1-based counter does).
@@ -79,7 +107,43 @@ RUN_DEFAULTS: Nested = {
     "jax_distributed": False,
     "methods": ",".join(SEED_METHODS),
     "seeds": "0",
+    "input": {"pipeline": "device"},  # "stream": see STREAM_INPUT
 }
+
+# ImageNet's per-channel RGB mean / std (torchvision; Kang et al. 2020, classifier-balancing
+# data/dataloader.py `RGB_statistics['default']`; the OTmix code, imagenet_train.py).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The ImageNet-scale input of the large configs (module docstring, `input` table). The
+# training transform of Kang et al. 2020 (classifier-balancing data/dataloader.py, ImageNet-LT
+# and Places-LT), which LOBM (sec. 4.2, "following [11]") and the OTmix code
+# (imagenet_train.py) follow (DBN-Mix and CP-Mix state their own: "resize_random"; each
+# dataset file says which method differs): RandomResizedCrop(224) with torchvision's
+# default scale (0.08, 1) and ratio (3/4, 4/3), horizontal flip, ColorJitter(0.4, 0.4, 0.4,
+# hue 0); evaluation Resize(256) + CenterCrop(224); ImageNet mean / std.
+STREAM_INPUT: Nested = {
+    "pipeline": "stream",
+    "crop": "random_resized",
+    "train_size": 224,
+    "scale": (0.08, 1.0),
+    "ratio": (3 / 4, 4 / 3),
+    "flip": True,
+    "jitter": 0.4,
+    "eval_resize": 256,
+    "eval_size": 224,
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+    "worker_count": 8,
+    "prefetch": 2,
+    "draft": True,
+}
+# What a large config puts over the CIFAR protocol underneath: the streamed input, and no
+# on-device CIFAR crop / flip (augmentation happens in the input pipeline).
+STREAM_BASE: Nested = {"input": STREAM_INPUT, "normalize": "imagenet",
+                       "augment": {"pad": 0, "flip": False}}
+# `quick=True` on a large config: small crops for a smoke run on small images.
+STREAM_QUICK: Nested = {"input": {"train_size": 64, "eval_resize": 73, "eval_size": 64}}
 
 # Method groups the dataset files state their changes for.
 MIXUP_FAMILY = ("mixup", "mixup_drw", "remix", "remix_drw", "mamix", "mamix_drw", "smote_mix",
@@ -299,6 +363,18 @@ def resolved_recipe(method: str, protocol: str, num_epochs: int,
           _TYPES[annotation.split("[")[0].split("|")[0].strip()])
     out[name] = value
   return out
+
+
+def with_stream_placeholders(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` plus the typed (str) placeholders of a large config, None until a flag sets them.
+
+  dataset.image_root: the folder the split files' relative paths start from (None: the split
+  file folder, `dataset.data_dir`). model.pretrained: pretrained weights to start from
+  (`ltjax.models.pretrained.load_pretrained`; None: random initialisation).
+  """
+  config.dataset.image_root = ml_collections.config_dict.placeholder(str)
+  config.model.pretrained = ml_collections.config_dict.placeholder(str)
+  return config
 
 
 def per_method(*rules: tuple[tuple[str, ...], Nested]) -> dict[str, Nested]:

@@ -1,6 +1,24 @@
-"""ImageNet-LT (Liu et al. 2019; 1,000 classes, 1,280 to 5 images per class).
+"""ImageNet-LT (Liu et al. 2019; 1,000 classes, 115,846 training images, 1,280 to 5 per class).
 
-The class profile comes with the dataset's file lists (the `rho` argument is unused).
+Data layout (`ltjax.data.filelists.load_split_lists`): `--config.dataset.data_dir=DIR` holds
+the OLTR split files ImageNet_LT_train.txt and ImageNet_LT_test.txt (one
+`<relative path> <label>` per line, labels 0..999; from
+https://github.com/zhmiao/OpenLongTailRecognition-OLTR), and
+`--config.dataset.image_root=ROOT` (default DIR) is the ImageNet-2012 folder those paths
+start from: ROOT/train/n01440764/n01440764_10026.JPEG for the training list and
+ROOT/val/n01440764/ILSVRC2012_val_00000293.JPEG for the test list (the validation images
+sorted into one folder per synset). The class profile comes with the split files (the
+`rho` argument is unused). The images can also come from TFDS `imagenet2012` (ArrayRecord):
+`ltjax.data.tfds_source.split_file_source(split_file, tfds_data_source("imagenet2012",
+"train" | "validation"))` selects the split file's images by file name.
+
+Input (`input.pipeline="stream"`, grain; `common.STREAM_INPUT`): RandomResizedCrop to 224
+(scale (0.08, 1), ratio (3/4, 4/3)), horizontal flip, ColorJitter 0.4 (brightness,
+contrast, saturation; hue 0); evaluation: short side 256, central 224 crop; ImageNet mean
+(0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225). Source: Kang et al. 2020 (code
+data/dataloader.py), which LOBM follows (sec. 4.2, "following [11]") and the OTmix code
+uses (imagenet_train.py). The CIFAR pad-4 crop is off (`augment.pad=0`, `augment.flip=False`).
+
 Base protocol, for every method the papers give no ImageNet-LT recipe: ResNet-50, batch
 256, SGD momentum 0.9, lr 0.2, wd 2e-4, 5-epoch warm-up, x0.1 at 60 and 80 of 90 epochs
 (DBN-Mix sec. 4.2, "standard schedule"); DRW from the last decay (80); alpha=0.2 for every
@@ -11,28 +29,33 @@ method's CIFAR-LT protocol underneath (`ltjax.methods.protocols`); per method:
   (LOBM sec. 4.2); LOBM* defers at epoch 60, the first decay of the standard schedule (a
   cosine schedule has none). Reproduces LOBM Table 1, ImageNet-LT column.
 - DBN-Mix / SBN-Mix: eta=9, eps=0.2, alpha=0.2 on the standard schedule (DBN-Mix sec. 4.2,
-  4.4). Reproduces DBN-Mix Table 2 (standard schedule, 55.9 %); the authors' code has no
-  ImageNet-LT configuration.
+  4.4); input as sec. 4.2 states it: resize to 256 x 256, random 224 x 224 crop, horizontal
+  flip, no colour jitter (`input.crop="resize_random"`, `input.jitter=0`). Reproduces DBN-Mix
+  Table 2 (standard schedule, 55.9 %); the authors' code has no ImageNet-LT configuration.
 - CP-Mix (Table 6, appendix B.3.2): batch 192, 180 epochs with cosine annealing and no
   warm-up, lr 0.1, wd 5e-4, stage 2 from 120, alpha=3.0, gamma_cp=gamma_mix=1.0, classifier
-  fine-tuning 10 epochs at lr 0.5 (appendix B.3.2; Table 6 says 0.05). Reproduces CP-Mix
-  Table 2, ImageNet-LT.
-- OTmix (sec. 5): 200 epochs, lr 0.1, x0.1 at 40, x0.01 at 80, x1e-4 at 160, no warm-up
-  stated; the code (imagenet_train.py) warms up 5 epochs, takes the OT features from the
-  pooled output of a training-mode pass (`ot_features="train"`) and starts DRW at 80
-  (`epoch // 80`). Reproduces OTmix Table 2, ImageNet-LT (the code loads an
-  ImageNet-pretrained ResNet-50, which ltjax does not have).
+  fine-tuning 10 epochs at lr 0.5 (appendix B.3.2; Table 6 says 0.05); input as appendix
+  B.2.2 states it: resized to 256 x 256, random crop, horizontal flip, colour jitter (the
+  strength is not given: 0.4, Kang et al.'s). Reproduces CP-Mix Table 2, ImageNet-LT.
+- OTmix (sec. 5): 200 epochs, batch 128 (appendix 7.4; the code's opts.py default), lr 0.1,
+  x0.1 at 40, x0.01 at 80, x1e-4 at 160, no warm-up stated; the code (imagenet_train.py)
+  warms up 5 epochs, takes the OT features from the pooled output of a training-mode pass
+  (`ot_features="train"`) and starts DRW at 80 (`epoch // 80`). Reproduces OTmix Table 2,
+  ImageNet-LT. The code starts from torchvision's ImageNet-pretrained ResNet-50
+  (`resnet50(pretrained=True)`); ltjax ships no weights: give them with
+  `--config.model.pretrained=PATH` (`ltjax.models.pretrained`).
 
 Usage:
   python -m experiments.train --config=experiments/configs/imagenet_lt.py:method=dbn_mix \
-      --config.dataset.data_dir=/data/imagenet --workdir=/tmp/inlt
+      --config.dataset.data_dir=/data/imagenet_lt --config.dataset.image_root=/data/imagenet \
+      --workdir=/tmp/inlt
 Arguments: method, protocol (paper|code), seed, epochs (rescales the protocol), quick.
 """
 
 from experiments.configs import common
 
 DATASET = {"name": "imagenet_lt"}
-BASE = {
+BASE = common.protocols.merge(common.STREAM_BASE, {
     "num_epochs": 90,
     "batch_size": 256,
     "model": {"name": "resnet50"},
@@ -43,8 +66,10 @@ BASE = {
     "checkpoint_every": 1,
     "eval_batch_size": 512,
     "reproduces": "nothing: no paper gives this method's ImageNet-LT recipe",
-}
+})
 _COSINE = {"name": "cosine", "warmup_epochs": 0, "milestones": (), "factors": ()}
+# "resizing to 256 x 256, and random cropping to 224 x 224" (DBN-Mix sec. 4.2; CP-Mix B.2.2).
+_RESIZE_CROP = {"crop": "resize_random"}
 METHOD_OVERRIDES = common.per_method(
     # The last decay of the standard schedule, and OTmix's code (`epoch // 80`).
     (common.DRW_METHODS, {"recipe": {"drw_epoch": 80}}),
@@ -53,19 +78,22 @@ METHOD_OVERRIDES = common.per_method(
     (("lobm", "lobm_star"), {"model": {"name": "resnet10"}, "schedule": _COSINE,
                              "reproduces": "LOBM Table 1, ImageNet-LT (errors 63.0 / 59.6)"}),
     (("lobm_star",), {"recipe": {"defer_epoch": 60}}),
-    (("dbn_mix", "sbn_mix"), {"recipe": {"eta": 9.0, "eps": 0.2}}),
+    (("dbn_mix", "sbn_mix"), {"recipe": {"eta": 9.0, "eps": 0.2},
+                              "input": {**_RESIZE_CROP, "jitter": 0.0}}),
     (("dbn_mix",), {"reproduces": "DBN-Mix Table 2, standard schedule (55.9 %)"}),
     (("cp_mix",), {"num_epochs": 180, "batch_size": 192,
                    "optim": {"lr": 0.1, "weight_decay": 5e-4}, "schedule": _COSINE,
                    "recipe": {"stage2_epoch": 120, "alpha": 3.0, "gamma_cp": 1.0,
                               "gamma_mix": 1.0},
                    "finetune": {"num_epochs": 10, "lr": 0.5},
+                   "input": _RESIZE_CROP,
                    "reproduces": "CP-Mix Table 2, ImageNet-LT"}),
-    (common.OTMIX_FAMILY, {"num_epochs": 200, "optim": {"lr": 0.1},
+    (common.OTMIX_FAMILY, {"num_epochs": 200, "batch_size": 128, "optim": {"lr": 0.1},
                            "schedule": {"warmup_epochs": 0, "milestones": (40, 80, 160),
                                         "factors": (0.1, 0.01, 1e-4)},
                            "reproduces": "OTmix Table 2, ImageNet-LT (trained by the "
-                                         "authors' code: protocol=code)"}),
+                                         "authors' code from an ImageNet-pretrained "
+                                         "ResNet-50: protocol=code, model.pretrained)"}),
 )
 CODE_OVERRIDES = common.per_method(
     (common.OTMIX_FAMILY, {"schedule": {"warmup_epochs": 5},
@@ -73,5 +101,6 @@ CODE_OVERRIDES = common.per_method(
 
 
 def get_config(arg=None):
-  return common.make_config(arg, dataset=DATASET, base=BASE, method_overrides=METHOD_OVERRIDES,
-                            code_overrides=CODE_OVERRIDES, default_rho=256.0)
+  return common.with_stream_placeholders(common.make_config(
+      arg, dataset=DATASET, base=BASE, method_overrides=METHOD_OVERRIDES,
+      code_overrides=CODE_OVERRIDES, quick=common.STREAM_QUICK, default_rho=256.0))

@@ -6,6 +6,7 @@ per-branch outputs."""
 from ltjax.models.dual_branch import DualBranchNet, dual_resnet32, dual_small_cnn
 from ltjax.models.heads import HEADS, LinearHead, NormalizedLinear, make_head
 from ltjax.models.precision import MixedPrecision
+from ltjax.models.pretrained import PretrainedMismatchError, load_pretrained
 from ltjax.models.registry import MODELS, get_model, is_dual_branch
 from ltjax.models.resnet_cifar import ResNetCifar, resnet32
 from ltjax.models.resnet_imagenet import ResNetImageNet, resnet10, resnet18, resnet50
@@ -13,7 +14,7 @@ from ltjax.models.small import MLP, SmallCNN, mlp, small_cnn
 
 __all__ = [
     "DualBranchNet", "HEADS", "LinearHead", "MLP", "MODELS", "MixedPrecision", "NormalizedLinear",
-    "ResNetCifar", "ResNetImageNet", "SmallCNN", "dual_resnet32", "dual_small_cnn",
-    "get_model", "is_dual_branch", "make_head", "mlp", "resnet10", "resnet18", "resnet32",
-    "resnet50", "small_cnn",
+    "PretrainedMismatchError", "ResNetCifar", "ResNetImageNet", "SmallCNN", "dual_resnet32",
+    "dual_small_cnn", "get_model", "is_dual_branch", "load_pretrained", "make_head", "mlp",
+    "resnet10", "resnet18", "resnet32", "resnet50", "small_cnn",
 ]

@@ -297,7 +297,10 @@ def streams(config: ml_collections.ConfigDict, ds: ltdata.FileListDataset):
   eval_resize, eval_size). With input.draft, JPEGs decode at the smallest DCT scale that
   keeps the short side >= what the crop reads.
   """
-  from ltjax.data import pipeline, stream  # pylint: disable=import-outside-toplevel
+  try:
+    from ltjax.data import pipeline, stream  # pylint: disable=import-outside-toplevel
+  except ImportError as e:  # grain is an extra; the message says how to install it
+    raise UserError(str(e)) from e
   i = config.input
   if i.crop == "random_resized":
     crop = pipeline.RandomResizedCrop(i.train_size, tuple(i.scale), tuple(i.ratio))

@@ -8,18 +8,17 @@
   over the bank slots and always of the requested class.
 - A batch split over processes is the one-process batch; an epoch resumed at step k
   reads and trains what the uninterrupted epoch did.
-- Every registered method trains an epoch from a folder of generated JPEG files.
+
+Every registered method trains from generated JPEG files through experiments.train in
+tests/test_stream_experiments.py.
 """
 
 from __future__ import annotations
-
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 from scipy import stats
 
 grain = pytest.importorskip("grain")
@@ -235,46 +234,3 @@ def test_an_epoch_resumed_at_step_k_continues_the_uninterrupted_one(tmp_path):
   resumed, _ = epoch(restored, 0, start=int(restored.step))
   assert int(resumed.step) == int(whole.step) == N // B
   jax.tree.map(np.testing.assert_array_equal, whole.params, resumed.params)
-
-
-# ------------------------------------------------------ every method from JPEG files
-
-def jpeg_folder(root: pathlib.Path, counts, size=20) -> tuple[list[str], np.ndarray]:
-  rng = np.random.default_rng(0)
-  paths, labels = [], []
-  for k, n in enumerate(counts):
-    folder = root / f"class{k:02d}"
-    folder.mkdir(parents=True)
-    for i in range(n):
-      path = folder / f"{i}.jpg"
-      color = rng.integers(0, 256, 3)
-      image = np.clip(color + rng.normal(0, 20, (size, size + 4, 3)), 0, 255)
-      Image.fromarray(image.astype(np.uint8)).save(path, quality=90)
-      paths.append(str(path))
-      labels.append(k)
-  return paths, np.asarray(labels, np.int32)
-
-
-@pytest.fixture(scope="module")
-def jpeg_stream(tmp_path_factory):
-  counts = [24, 14, 9, 6, 4, 3]
-  paths, labels = jpeg_folder(tmp_path_factory.mktemp("jpeg_lt"), counts)
-  return stream.StreamedDataset(
-      pipeline.ImageFileSource(paths, labels), labels, len(counts), read_threads=2,
-      transforms=(pipeline.RandomResizedCrop(12), pipeline.RandomHorizontalFlip()),
-      eval_transforms=(pipeline.ResizeCenterCrop(14, 12),))
-
-
-@pytest.mark.parametrize("name", methods.METHODS)
-def test_every_method_trains_from_jpeg_files(name, jpeg_stream):
-  rcp = methods.get_recipe(name, num_epochs=2)
-  k = jpeg_stream.num_classes
-  branch = "dual_small_cnn" if rcp.requirements().branches == 2 else "small_cnn"
-  model = get_model(branch, k, head=rcp.requirements().head, widths=(4, 8))
-  phase = trainer.Phase(rcp, 1, optim.sgd(schedules.constant(0.02), momentum=0.9))
-  norm = augment.Normalize.of((0.5,) * 3, (0.25,) * 3)
-  result = trainer.fit(model, [phase], jpeg_stream, batch_size=B, seed=0, normalize_fn=norm,
-                       progress=False, test_data=jpeg_stream, eval_batch_size=32)
-  assert int(result.state.step) == jpeg_stream.num_samples // B
-  assert np.isfinite(result.train_metrics["loss"])
-  assert 0.0 <= result.final_metrics["top1"] <= 1.0

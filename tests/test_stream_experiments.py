@@ -2,9 +2,9 @@
 
 A synthetic iNaturalist-2018-style folder (train2018.json / val2018.json in COCO style,
 JPEG files, exponential class counts) stands in for the real one; the inat2018 config's
-stream reads it with small crops. Every registered method trains through the streamed
-path in tests/test_stream.py (`fit`); here a method of each batch kind goes through the
-experiment runner (clean only, law slots, the class bank, the epoch subset).
+stream reads it with small crops. Every registered method trains an epoch through the
+experiment runner from it (clean batches only, law slots, the class bank, the epoch
+subset, dual branches, the fine-tuning phase).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 pytest.importorskip("grain")
 
 from experiments import compare, runner  # noqa: E402
-from ltjax import reporting  # noqa: E402
+from ltjax import methods, reporting  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COUNTS = (20, 12, 8, 5, 4, 3)
@@ -63,7 +63,7 @@ def config_for(method, data_dir, **inputs):
   return config
 
 
-@pytest.mark.parametrize("method", ["erm", "lobm", "cp_mix", "otmix"])
+@pytest.mark.parametrize("method", methods.METHODS)
 def test_inat_config_trains_from_the_stream(method, inat_dir, tmp_path):
   config = config_for(method, inat_dir)
   assert config.input.pipeline == "stream" and config.normalize == "imagenet"

@@ -11,7 +11,10 @@ clean batches (the epoch permutation), so every recipe trains from it unchanged.
 2. grain reads the epoch's steps ahead (`stream.epoch_feeds`) while the device trains; each
    feed goes to the device (`jax.device_put` on one process, split over the mesh's data
    axis; `sharding.host_local_to_global` over several processes) and one compiled call
-   trains it; a last partial batch (drop_last=False) has its own compiled step.
+   trains it; a last partial batch (drop_last=False) has its own compiled step. The host
+   dispatches at most IN_FLIGHT_STEPS steps ahead of the device (it waits for the oldest),
+   so the next batches are copied while a step runs but a fast reader cannot fill the
+   device memory with a whole epoch of batches.
 
 What limits it: the host reads (decode and augmentation in grain workers) and one
 host-to-device copy per step; the compiled step is the in-memory path's.
@@ -35,6 +38,7 @@ from ltjax.training import evaluation, loop, sharding
 from ltjax.training.state import TrainState, run_keys
 
 Metrics = dict[str, jax.Array]
+IN_FLIGHT_STEPS = 2  # steps dispatched ahead of the oldest unfinished one (device memory)
 
 
 def to_device(tree: Any, mesh: Mesh | None) -> Any:
@@ -106,6 +110,8 @@ class StreamedEpoch:
       state, metrics = step(self.inputs, state, self.device_data, epoch_arr,
                             to_device(fed, self.mesh))
       history.append(metrics)
+      if len(history) > IN_FLIGHT_STEPS:
+        history[-1 - IN_FLIGHT_STEPS]["loss"].block_until_ready()
       if on_step is not None:
         on_step(metrics)
     return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
@@ -121,7 +127,8 @@ def make_streamed_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
   """Builds the streamed epoch of one training phase.
 
   Args: as `loop.make_train_epoch`, with `data` a StreamedDataset, and
-    eval_batch_size: batch size of the epoch-subset predictions.
+    eval_batch_size: batch size of the epoch-subset predictions (with a mesh, divisible by
+      its devices).
 
   A recipe that draws "confusion" pairs gets B class-balanced images per step into the
   class bank (`state.input_state`, see `with_bank`).
@@ -134,10 +141,14 @@ def make_streamed_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
   if not 1 <= batch_size <= data.num_samples:
     raise ValueError(f"batch_size must be in [1, {data.num_samples}], got {batch_size}.")
   processes = jax.process_count()
-  if batch_size % processes:
-    raise ValueError(f"batch_size {batch_size} is not divisible by the {processes} processes.")
-  if mesh is not None:
-    sharding.check_divisible(batch_size, mesh)
+  last_size = 0 if drop_last else data.num_samples % batch_size
+  for size in (batch_size, last_size) if last_size else (batch_size,):
+    if size % processes:
+      raise ValueError(f"a batch of {size} (N = {data.num_samples}, B = {batch_size}, "
+                       f"drop_last={drop_last}) does not split over the {processes} "
+                       "processes.")
+    if mesh is not None:
+      sharding.check_divisible(size, mesh)
   laws, banked = stream_lib.feed_laws(recipe.requirements())
   steps = loop.steps_per_epoch(data.num_samples, batch_size, drop_last)
   keys = run_keys(seed)
@@ -175,7 +186,8 @@ def make_streamed_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
   predict = None
   if subset is not None:
     subset = np.asarray(subset)
-    evaluator = evaluation.make_eval_fn(apply_fn, recipe, eval_batch_size, normalize_fn)
+    evaluator = evaluation.make_eval_fn(apply_fn, recipe, eval_batch_size, normalize_fn,
+                                        mesh=mesh)
 
     def predict(state: TrainState) -> jax.Array:
       logits = [evaluator(state.params, state.batch_stats, fed.images)
@@ -186,7 +198,6 @@ def make_streamed_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
 
   inputs = loop.StepInputs(recipe, keys, loop.as_input(normalize_fn))
   inputs = jax.device_put(inputs) if mesh is None else sharding.replicate(inputs, mesh)
-  last_size = 0 if drop_last else data.num_samples % batch_size
   return StreamedEpoch(
       data=data, device_data=device_data, inputs=inputs, plan=plan,
       begin=jax.jit(begin, donate_argnums=1), step=jax.jit(step_fn(batch_size), donate_argnums=1),

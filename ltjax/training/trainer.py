@@ -325,8 +325,9 @@ def fit(model: Any, phases: Sequence[Phase],
       continue
     if p > 0 and first >= start_epoch:
       state = _next_phase(state, phase, counts)
-    make_epoch = streamed_lib.make_streamed_epoch if streamed else functools.partial(
-        loop_lib.make_train_epoch, loop=loop)
+    make_epoch = (
+        functools.partial(streamed_lib.make_streamed_epoch, eval_batch_size=eval_batch_size)
+        if streamed else functools.partial(loop_lib.make_train_epoch, loop=loop))
     train_epoch = make_epoch(
         phase.recipe, model.apply, phase.tx, data, batch_size=batch_size,
         num_epochs=phase.epochs, augment_fn=augment_fn, normalize_fn=normalize_fn,

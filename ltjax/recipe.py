@@ -204,18 +204,26 @@ class StepContext:
       return self._fed(key, self.feed.clean)
     return Batch(*self.load(key, self.clean_indices), self.clean_indices)
 
-  def draw(self, key: jax.Array, law: samplers.Law, num: int | None = None) -> "Batch":
+  def draw(self, key: jax.Array, law: samplers.Law | jax.typing.ArrayLike, num: int | None = None
+           ) -> "Batch":
     """A batch drawn with replacement from the whole training set by a class law.
 
-    In memory: `samplers.draw_indices` with `law.probs(class_counts)`. Streamed: the batch
-    the host drew by the same law for `law.slot` (`ltjax.data.stream`), which the recipe's
-    `requirements().draws` must declare.
+    In memory: `samplers.draw_indices` with `law.probs(class_counts)`, or with `law` itself
+    when it is a (K,) vector of class probabilities. Streamed: the batch the host drew by
+    the same law for `law.slot` (`ltjax.data.stream`), which the recipe's
+    `requirements().draws` must declare; there `law` must be a `samplers.Law`, since the
+    host draws before the step runs.
     """
     num = num or self.batch_size
     key_idx, key_aug = jax.random.split(key)
     if self.feed is None:
-      idx = samplers.draw_indices(key_idx, self.data.index, law.probs(self.class_counts), num)
+      probs = law.probs(self.class_counts) if isinstance(law, samplers.Law) else law
+      idx = samplers.draw_indices(key_idx, self.data.index, probs, num)
       return Batch(*self.load(key_aug, idx), idx)
+    if not isinstance(law, samplers.Law):
+      raise TypeError("a streamed step draws by a declared samplers.Law (the host draws "
+                      "before the step runs), not by a probability vector; declare the law "
+                      "in requirements().draws and pass it to ctx.draw.")
     if law.slot not in self.feed.draws:
       raise ValueError(f"the recipe draws {law.slot!r}, which its requirements().draws do "
                        f"not declare; the step was fed {sorted(self.feed.draws)}.")

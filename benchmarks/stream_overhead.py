@@ -51,26 +51,25 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
-def make_epochs(name, model_name, data, batch_size):
-  """The compiled in-memory and streamed epochs of one method and a fresh-state factory."""
+def make_epochs(name, model_name, images, labels, source, batch_size):
+  """The in-memory and streamed epochs of one method, and a fresh-state factory."""
   rcp = methods.get_recipe(name, num_epochs=10)
   kind = "dual_" + model_name if rcp.requirements().branches == 2 else model_name
   model = get_model(kind, 10, head=rcp.requirements().head)
   tx = optim.sgd(schedules.constant(0.05), momentum=0.9)
   norm = augment.Normalize.of(augment.CIFAR_MEAN, augment.CIFAR_STD)
-  images, labels = data
   on_device = loop.make_train_epoch(
       rcp, model.apply, tx, recipe.DeviceDataset.from_arrays(images, labels, 10),
       batch_size=batch_size, num_epochs=10, augment_fn=None, normalize_fn=norm, seed=0,
       loop="steps")
   fed = streamed.make_streamed_epoch(
-      rcp, model.apply, tx, data[2], batch_size=batch_size, num_epochs=10, augment_fn=None,
+      rcp, model.apply, tx, source, batch_size=batch_size, num_epochs=10, augment_fn=None,
       normalize_fn=norm, seed=0)
   counts = np.bincount(labels, minlength=10)
 
   def fresh():
     state = create_state(model, rcp, tx, norm(images[:1]), run_keys(0).init, counts)
-    return streamed.with_bank(state, data[2], rcp, 0, mesh=None)
+    return streamed.with_bank(state, source, rcp, 0, mesh=None)
 
   return on_device, fed, fresh
 
@@ -86,12 +85,13 @@ def main(argv=None) -> None:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   ds = epoch_speed.synthetic_cifar_lt(100.0, 0)
   num = args.steps * args.batch_size
-  images, labels = ds.train_images[:num], ds.train_labels[:num]
+  subset = np.random.default_rng(0).permutation(ds.train_labels.size)[:num]  # every class
+  images, labels = ds.train_images[subset], ds.train_labels[subset]
   source = stream.StreamedDataset(pipeline.ArraySource(images, labels), labels, 10,
                                   read_threads=args.read_threads)
   rows = []
   for name in args.methods.split(","):
-    on_device, fed, fresh = make_epochs(name, args.model, (images, labels, source),
+    on_device, fed, fresh = make_epochs(name, args.model, images, labels, source,
                                         args.batch_size)
     timed(lambda: on_device(fresh(), 0))  # compile both
     timed(lambda: fed(fresh(), 0))

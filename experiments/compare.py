@@ -33,14 +33,20 @@ keeps one folder per run, so use another --workdir).
 
 A run that fails does not stop the others: the comparison finishes them, summarises what
 completed, then lists each failure (method, seed, one-line reason, its log: `error.log`, or
-`stdout.log` with --parallel, in the run folder) and exits with status 1. Errors in the
+`stdout.log` with --parallel, in the run folder; `<workdir>/<method>/worker.log` for a
+worker that stopped before it reported the run) and exits with status 1. Errors in the
 command line (unknown methods, seeds, fields; mismatched runs) stop it before any run, as
 one line with exit status 2.
 
 `--methods` / `--seeds` default to the config's `methods` / `seeds` fields (the quickstart's
-list: ERM, Mixup and the seed papers' methods). `--parallel=N` runs N runs at a time as
-subprocesses (set XLA_PYTHON_CLIENT_MEM_FRACTION, e.g. 0.3, to share one GPU); the default
-runs them one after another in this process.
+list: ERM, Mixup and the seed papers' methods). The default runs every run one after
+another in this process: the imports are paid once, and a method's later seeds retrace its
+functions but compile nothing (experiments/cli.py: the persistent compilation cache).
+`--parallel=N` runs N methods at a time, each in a worker subprocess that trains all of that
+method's seeds one after another (one process start-up and one first tracing per method, not
+per run; each run's output in its run folder's stdout.log, the worker's own in
+`<workdir>/<method>/worker.log`); set XLA_PYTHON_CLIENT_MEM_FRACTION, e.g. 0.3, to share one
+GPU.
 """
 
 from __future__ import annotations
@@ -48,12 +54,13 @@ from __future__ import annotations
 from experiments import cli  # first: its import time is the script's start
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from absl import flags
 from absl import logging
@@ -81,6 +88,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("parallel", 1, "Runs at a time (>1: subprocesses).")
   flags.DEFINE_bool("summarize", True,
                     "Write comparison.md / .json (off in worker subprocesses).")
+  flags.DEFINE_bool("run_logs", False,
+                    "Send each run's output to <run folder>/stdout.log (on in worker "
+                    "subprocesses).")
   cli.define_distributed_flags()
   flags.DEFINE_enum("on_mismatch", "refuse", ("refuse", "fresh"),
                     "When a run folder holds a run of another config: refuse, or fresh "
@@ -223,67 +233,140 @@ def _failure(key: Key, directory: str, error: Exception) -> dict[str, Any]:
 
 
 def run_sequential(configs: dict[Key, ml_collections.ConfigDict], pending: list[Key],
-                   workdir: str, on_mismatch: str) -> list[dict[str, Any]]:
-  """Runs the pending runs one after another in this process; returns the failures."""
+                   workdir: str, on_mismatch: str, run_logs: bool = False
+                   ) -> list[dict[str, Any]]:
+  """Runs the pending runs one after another in this process; returns the failures.
+
+  With `run_logs` (the --parallel workers), each run's output goes to its run folder's
+  stdout.log.
+  """
   failures = []
   import_s = cli.seconds_since_start()
   for method, seed in pending:
     directory = run_dir(workdir, method, seed)
-    print(f"=== {method} seed {seed} -> {directory}", flush=True)
-    try:
-      runner.run(configs[(method, seed)], directory, on_mismatch=on_mismatch,
-                 import_s=import_s)
-    except Exception as e:  # pylint: disable=broad-except  # reported, the others go on
-      failures.append(_failure((method, seed), directory, e))
-      print(f"{method} seed {seed} failed: {failures[-1]['reason']} (log: "
-            f"{failures[-1]['log']})", flush=True)
+    with _run_output(directory, run_logs):
+      print(f"=== {method} seed {seed} -> {directory}", flush=True)
+      try:
+        runner.run(configs[(method, seed)], directory, on_mismatch=on_mismatch,
+                   import_s=import_s)
+      except Exception as e:  # pylint: disable=broad-except  # reported, the others go on
+        failures.append(_failure((method, seed), directory, e))
+        print(f"{method} seed {seed} failed: {failures[-1]['reason']} (log: "
+              f"{failures[-1]['log']})", flush=True)
     import_s = 0.0
   return failures
 
 
-def _worker_reason(path: str, key: Key) -> str:
-  """A failed worker's reason: the last line of its log, less `report_failures`' framing."""
-  with open(path) as f:
-    lines = [line.strip() for line in f if line.strip()]
-  reason = lines[-1] if lines else "(empty log)"
-  reason = reason.removeprefix(f"{key[0]} seed {key[1]}: ")
-  return reason.rpartition(" (log: ")[0] or reason
+@contextlib.contextmanager
+def _run_output(directory: str, to_file: bool) -> Iterator[None]:
+  """While a run trains, this process's output goes to `<directory>/stdout.log` (to_file)."""
+  if not to_file:
+    yield
+    return
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "stdout.log"), "a") as log, \
+       contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    yield
+
+
+def worker_groups(pending: list[Key]) -> list[tuple[str, list[int]]]:
+  """The pending runs as (method, seeds), in order: what one --parallel worker trains."""
+  groups: dict[str, list[int]] = {}
+  for method, seed in pending:
+    groups.setdefault(method, []).append(seed)
+  return list(groups.items())
+
+
+def _size(path: str) -> int:
+  return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def _lines_after(path: str, offset: int) -> list[str]:
+  """The non-empty lines of `path` from byte `offset` on (none when it does not exist)."""
+  if not os.path.exists(path):
+    return []
+  with open(path, "rb") as f:
+    f.seek(offset)
+    text = f.read().decode(errors="replace")
+  return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@dataclasses.dataclass
+class _Worker:
+  """A running --parallel worker: its method and seeds, process, log and log offsets."""
+  method: str
+  seeds: list[int]
+  proc: subprocess.Popen
+  log: IO[str]
+  offsets: dict[str, int]  # log path -> size when the worker started
+
+  def failures(self, workdir: str) -> list[dict[str, Any]]:
+    """The worker's failed runs, once it has exited.
+
+    A run failed if the worker reported it (`<method> seed <s> failed: <reason> ...` in
+    the run's stdout.log, which is then its log) or, when the worker exited with an error,
+    if it has no complete results.json (reason: the worker log's last line).
+    """
+    if not self.proc.returncode:
+      return []
+    worker_lines = _lines_after(self.log.name, self.offsets[self.log.name])
+    failures = []
+    for seed in self.seeds:
+      directory = run_dir(workdir, self.method, seed)
+      log = os.path.join(directory, "stdout.log")
+      prefix = f"{self.method} seed {seed} failed: "
+      reported = [line.removeprefix(prefix).rpartition(" (log: ")[0]
+                  for line in _lines_after(log, self.offsets.get(log, 0))
+                  if line.startswith(prefix)]
+      if reported:
+        failures.append({"method": self.method, "seed": seed, "reason": reported[-1],
+                         "log": log})
+      elif not is_complete(directory):
+        failures.append({"method": self.method, "seed": seed, "log": self.log.name,
+                         "reason": worker_lines[-1] if worker_lines else "(empty log)"})
+    return failures
+
+
+def _start_worker(method: str, seeds: list[int], workdir: str, on_mismatch: str) -> _Worker:
+  """Starts `python -m experiments.compare` on one method's seeds, with run logs on."""
+  passthrough = [a for a in sys.argv[1:]
+                 if a.startswith(("--config", "-config", f"--{cli.CACHE_FLAG}"))]
+  logs = [os.path.join(run_dir(workdir, method, s), "stdout.log") for s in seeds]
+  worker_log = os.path.join(workdir, method, "worker.log")
+  os.makedirs(os.path.dirname(worker_log), exist_ok=True)
+  offsets = {path: _size(path) for path in [*logs, worker_log]}
+  log = open(worker_log, "a")
+  cmd = [sys.executable, "-m", "experiments.compare", *passthrough, f"--methods={method}",
+         f"--seeds={','.join(str(s) for s in seeds)}", f"--workdir={workdir}",
+         f"--on_mismatch={on_mismatch}", "--parallel=1", "--nosummarize", "--run_logs"]
+  print(f"=== {method} seed{'s' if len(seeds) > 1 else ''} "
+        f"{', '.join(str(s) for s in seeds)} -> {os.path.join(workdir, method)} "
+        f"(subprocess; logs: seed<S>/stdout.log, worker.log)", flush=True)
+  proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+  return _Worker(method, seeds, proc, log, offsets)
 
 
 def run_parallel(pending: list[Key], workdir: str, parallel: int, on_mismatch: str
                  ) -> list[dict[str, Any]]:
-  """Runs each pending run as a `python -m experiments.compare` worker, N at a time.
+  """Runs the pending runs in `python -m experiments.compare` workers, N at a time.
 
-  Returns the failures (reason: the worker's report, the last line of its stdout.log).
+  One worker per method trains that method's pending seeds one after another, so a
+  method pays one process start-up and one tracing of its functions, not one per run.
+  Returns the failures (`_Worker.failures`).
   """
-  passthrough = [a for a in sys.argv[1:]
-                 if a.startswith(("--config", "-config", f"--{cli.CACHE_FLAG}"))]
-  pending = list(pending)
-  running: list[tuple[Key, subprocess.Popen, Any]] = []
-  failures = []
-  while pending or running:
-    while pending and len(running) < parallel:
-      method, seed = pending.pop(0)
-      directory = run_dir(workdir, method, seed)
-      os.makedirs(directory, exist_ok=True)
-      log = open(os.path.join(directory, "stdout.log"), "a")
-      cmd = [sys.executable, "-m", "experiments.compare", *passthrough,
-             f"--methods={method}", f"--seeds={seed}", f"--workdir={workdir}",
-             f"--on_mismatch={on_mismatch}", "--parallel=1", "--nosummarize"]
-      print(f"=== {method} seed {seed} -> {directory} (subprocess)", flush=True)
-      running.append(((method, seed), subprocess.Popen(cmd, stdout=log,
-                                                       stderr=subprocess.STDOUT), log))
+  queue, running, failures = worker_groups(pending), [], []
+  while queue or running:
+    while queue and len(running) < parallel:
+      running.append(_start_worker(*queue.pop(0), workdir, on_mismatch))
     time.sleep(0.5)
-    for item in list(running):
-      key, proc, log = item
-      if proc.poll() is not None:
-        log.close()
-        running.remove(item)
-        if proc.returncode:
-          failures.append({"method": key[0], "seed": key[1],
-                           "reason": _worker_reason(log.name, key), "log": log.name})
-          print(f"{key[0]} seed {key[1]} failed (exit {proc.returncode}); see {log.name}",
-                flush=True)
+    for worker in [w for w in running if w.proc.poll() is not None]:
+      worker.log.close()
+      running.remove(worker)
+      failed = worker.failures(workdir)
+      failures += failed
+      for f in failed:
+        print(f"{f['method']} seed {f['seed']} failed (exit {worker.proc.returncode}); "
+              f"see {f['log']}", flush=True)
   return failures
 
 
@@ -356,7 +439,8 @@ def main(argv: list[str]) -> None:
   if FLAGS.parallel > 1:
     failures = run_parallel(pending, workdir, FLAGS.parallel, FLAGS.on_mismatch)
   else:
-    failures = run_sequential(configs, pending, workdir, FLAGS.on_mismatch)
+    failures = run_sequential(configs, pending, workdir, FLAGS.on_mismatch,
+                              FLAGS.run_logs)
   if FLAGS.summarize:
     summarize(workdir, methods, seeds)
   if failures:

@@ -27,13 +27,22 @@ from ltjax.models import registry as models
 from ltjax.training import loop, optim, schedules, sharding, trainer
 from ltjax.training.checkpoint import Checkpointer
 
-NORMALIZATIONS = ("cifar", "cifar_stats", "dataset", "imagenet", "inat2018")
+NORMALIZATIONS = ("cifar", "cifar_stats", "cinic10", "half", "dataset", "imagenet",
+                  "inat2018")
 STREAMED = "stream"  # config.input.pipeline of the datasets read by grain step by step
 # The full CIFAR training sets' own mean / std, the `normalize="cifar_stats"` constants
 # (DBN-Mix code, data/dataloader.py `dataset_statistics`).
 CIFAR_STATS = {
     "cifar10_lt": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
     "cifar100_lt": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
+# Fixed mean / std of in-memory datasets, from the MAMix code (ntucllab/imbalanced-DL
+# dataset/imbalance_dataset.py): CINIC-10's own statistics, ImageNet's for Tiny-ImageNet,
+# 0.5 / 0.5 for SVHN.
+CONSTANT_STATS = {
+    "cinic10": ((0.47889522, 0.47227842, 0.43047404), (0.24205776, 0.23828046, 0.25874835)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
 
@@ -128,6 +137,7 @@ def normalizer(config: ml_collections.ConfigDict, train_images: np.ndarray | Non
   Streamed datasets ("imagenet", "inat2018"): config.input.mean / .std (train_images None).
   "cifar": the CIFAR constants of LDAM-DRW and its descendants (RGB images);
   "cifar_stats": the full CIFAR-10 / CIFAR-100 training set's mean / std (CIFAR_STATS);
+  "cinic10", "imagenet", "half": the constants of CONSTANT_STATS (RGB images);
   otherwise, and for datasets those do not fit, the long-tailed training set's own stats.
   """
   kind = config.get("normalize", "cifar")
@@ -137,6 +147,8 @@ def normalizer(config: ml_collections.ConfigDict, train_images: np.ndarray | Non
     mean, std = augment.CIFAR_MEAN, augment.CIFAR_STD
   elif kind == "cifar_stats" and config.dataset.name in CIFAR_STATS:
     mean, std = CIFAR_STATS[config.dataset.name]
+  elif kind in CONSTANT_STATS and train_images.shape[-1] == 3:
+    mean, std = CONSTANT_STATS[kind]
   else:
     pixels = train_images.reshape(-1, train_images.shape[-1]).astype(np.float64) / 255.0
     mean = tuple(float(m) for m in pixels.mean(0))

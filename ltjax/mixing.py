@@ -9,6 +9,10 @@ by OTmix, Gao et al.) pastes a box of side (H * sqrt(1 - lam), W * sqrt(1 - lam)
 uniform centre from the foreground image onto the background image, clips it at the border
 and recomputes lam from the clipped area.
 
+SaliencyMix (Uddin et al. 2021, used by "OTmix (SaliencyMix)", OTmix Table 3) pastes a box
+of the same side centred on the most salient pixel of the foreground image instead of a
+uniform one (`saliency_box`; saliency: `spectral_residual_saliency`, Hou & Zhang 2007).
+
 The reference code draws one lambda (and one CutMix box) per batch; per-sample lambdas and
 boxes are an option (`shape=(B,)`, `per_sample=True`). Everything is jit/vmap-safe: boxes
 become masks through iota comparisons, never dynamic slices.
@@ -160,6 +164,28 @@ def _as_box(box: Box) -> Box:
   return bounds
 
 
+def _cut_sides(lam: jax.Array, height: int, width: int) -> tuple[jax.Array, jax.Array]:
+  """CutMix's unclipped box sides: floor(H sqrt(1 - lam)), floor(W sqrt(1 - lam)) (int32)."""
+  ratio = jnp.sqrt(jnp.clip(1.0 - lam, 0.0, 1.0))
+  return (jnp.floor(height * ratio).astype(jnp.int32),
+          jnp.floor(width * ratio).astype(jnp.int32))
+
+
+def _centred_box(cy: jax.Array, cx: jax.Array, cut_h: jax.Array, cut_w: jax.Array,
+                 height: int, width: int) -> Box:
+  """The box of sides (cut_h, cut_w) from (cy - cut_h // 2, cx - cut_w // 2), clipped."""
+  y0, x0 = cy - cut_h // 2, cx - cut_w // 2
+  return (jnp.clip(y0, 0, height), jnp.clip(y0 + cut_h, 0, height),
+          jnp.clip(x0, 0, width), jnp.clip(x0 + cut_w, 0, width))
+
+
+def _check_lam(lam: ArrayLike) -> jax.Array:
+  """A scalar or (B,) float32 lam in [0, 1]."""
+  _checks.check_rank(lam, {0, 1}, "lam", "a scalar or a (B,) vector")
+  _checks.check_in_range(lam, "lam", 0.0, 1.0)
+  return jnp.asarray(lam, jnp.float32)
+
+
 def cutmix_box(key: jax.Array, lam: ArrayLike, height: int, width: int) -> Box:
   """Draws CutMix boxes (Yun et al. 2019): side (H sqrt(1-lam), W sqrt(1-lam)), clipped.
 
@@ -179,18 +205,110 @@ def cutmix_box(key: jax.Array, lam: ArrayLike, height: int, width: int) -> Box:
     x0 <= c < x1 lie inside the box (an empty box when lam = 1).
   """
   _check_image_size(height, width)
-  _checks.check_rank(lam, {0, 1}, "lam", "a scalar or a (B,) vector")
-  _checks.check_in_range(lam, "lam", 0.0, 1.0)
-  lam = jnp.asarray(lam, jnp.float32)
-  ratio = jnp.sqrt(jnp.clip(1.0 - lam, 0.0, 1.0))
-  cut_h = jnp.floor(height * ratio).astype(jnp.int32)
-  cut_w = jnp.floor(width * ratio).astype(jnp.int32)
+  lam = _check_lam(lam)
+  cut_h, cut_w = _cut_sides(lam, height, width)
   key_y, key_x = jax.random.split(key)
   cy = jax.random.randint(key_y, lam.shape, 0, height, dtype=jnp.int32)
   cx = jax.random.randint(key_x, lam.shape, 0, width, dtype=jnp.int32)
-  y0, x0 = cy - cut_h // 2, cx - cut_w // 2
-  return (jnp.clip(y0, 0, height), jnp.clip(y0 + cut_h, 0, height),
-          jnp.clip(x0, 0, width), jnp.clip(x0 + cut_w, 0, width))
+  return _centred_box(cy, cx, cut_h, cut_w, height, width)
+
+
+# ITU-R BT.601 luma weights of (R, G, B), the grey conversion of OpenCV's RGB2GRAY.
+_LUMA = (0.299, 0.587, 0.114)
+# Hou & Zhang 2007 smooth the saliency map with a Gaussian of sigma = 8 at their working
+# image width of 64 pixels; `spectral_residual_saliency` scales it to the image.
+_PAPER_SIGMA, _PAPER_WIDTH = 8.0, 64
+# The log amplitude is log(A + _AMPLITUDE_FLOOR * mean(A)): finite at zero amplitudes.
+_AMPLITUDE_FLOOR = 1e-3
+
+
+def to_grey(images: ArrayLike) -> jax.Array:
+  """(B, H, W) float32 grey images of (B, H, W, C) ones: BT.601 luma for C = 3, else the
+  channel mean."""
+  images = jnp.asarray(images, jnp.float32)
+  _checks.check_rank(images, 4, "images", "(B, H, W, C) images")
+  if images.shape[-1] == 3:
+    return images @ jnp.asarray(_LUMA, jnp.float32)
+  return images.mean(axis=-1)
+
+
+def _mean_filter_3x3(x: jax.Array) -> jax.Array:
+  """The 3x3 mean of each entry of (B, H, W) x, with periodic borders (a spectrum is periodic)."""
+  shifted = [jnp.roll(x, (dy, dx), axis=(1, 2)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+  return sum(shifted) / 9.0
+
+
+def _gaussian_weights(size: int, sigma: float) -> jax.Array:
+  """(size, size) row-normalised Gaussian weights: row i holds exp(-(i - j)^2 / (2 sigma^2))
+  over the pixels j of the image, divided by their sum (a Gaussian-weighted mean that only
+  reads pixels inside the image)."""
+  offsets = jnp.arange(size, dtype=jnp.float32)
+  weights = jnp.exp(-((offsets[:, None] - offsets[None, :]) ** 2) / (2.0 * sigma ** 2))
+  return weights / weights.sum(axis=1, keepdims=True)
+
+
+def spectral_residual_saliency(images: ArrayLike, sigma: float | None = None) -> jax.Array:
+  """Spectral-residual saliency maps (Hou & Zhang 2007, "Saliency Detection: A Spectral
+  Residual Approach", CVPR), of the grey images (`to_grey`).
+
+  With F the 2-D DFT of the grey image I:
+
+    A = |F|,  P = angle(F),  L = log(A + 1e-3 mean(A)),  R = L - h_3 * L,
+    S = g_sigma * |F^-1[exp(R + i P)]|^2
+
+  where h_3 is the 3x3 mean filter (periodic borders: the spectrum is periodic) and g_sigma
+  a Gaussian smoothing, renormalised at the image border (each pixel a Gaussian-weighted
+  mean of the pixels inside the image). The paper smooths with sigma = 8 at its working
+  width of 64 pixels; `sigma=None` scales that to the image, 8 max(H, W) / 64 (4 on CIFAR's
+  32 x 32). The floor 1e-3 mean(A) keeps L finite where the amplitude vanishes (the paper
+  leaves log 0 open); it keeps S invariant to the image's scale, like the paper's formula.
+  The paper also downsamples images to 64 pixels first; here the map has the image's size.
+
+  Args:
+    images: (B, H, W, C) images (any real dtype).
+    sigma: Gaussian sigma in pixels (> 0), or None for the scaled paper value.
+
+  Returns:
+    (B, H, W) float32 saliency maps (non-negative, not normalised).
+  """
+  grey = to_grey(images)
+  height, width = grey.shape[1:]
+  sigma = _PAPER_SIGMA * max(height, width) / _PAPER_WIDTH if sigma is None else sigma
+  _checks.check_positive(sigma, "sigma")
+  spectrum = jnp.fft.fft2(grey)
+  amplitude = jnp.abs(spectrum)
+  floor = _AMPLITUDE_FLOOR * amplitude.mean(axis=(1, 2), keepdims=True)
+  log_amplitude = jnp.log(amplitude + floor)
+  residual = log_amplitude - _mean_filter_3x3(log_amplitude)
+  energy = jnp.abs(jnp.fft.ifft2(jnp.exp(residual + 1j * jnp.angle(spectrum)))) ** 2
+  return jnp.einsum("hi,bij,wj->bhw", _gaussian_weights(height, sigma), energy,
+                    _gaussian_weights(width, sigma)).astype(jnp.float32)
+
+
+def saliency_box(images: ArrayLike, lam: ArrayLike, sigma: float | None = None) -> Box:
+  """SaliencyMix boxes (Uddin et al. 2021): CutMix's side, centred on the saliency peak.
+
+  For each (foreground, i.e. patch-donor) image, the box of `cutmix_box`'s sides
+  floor(H sqrt(1 - lam)) x floor(W sqrt(1 - lam)) starts at (cy - cut_h // 2,
+  cx - cut_w // 2) with (cy, cx) = argmax of its spectral-residual saliency map
+  (`spectral_residual_saliency`; ties: the first pixel in row-major order) and is clipped
+  to the image. (The SaliencyMix code uses cy +- cut_h // 2, even sides, and OpenCV's
+  `StaticSaliencyFineGrained` (Montabone & Soto 2010) as its saliency model.)
+
+  Args:
+    images: (B, H, W, C) foreground images.
+    lam: scalar (one lam for every image) or (B,) factors in [0, 1].
+    sigma: smoothing of the saliency map (`spectral_residual_saliency`).
+
+  Returns:
+    (y0, y1, x0, x1), each (B,) int32: one box per image.
+  """
+  saliency = spectral_residual_saliency(images, sigma)
+  batch, height, width = saliency.shape
+  lam = jnp.broadcast_to(_check_lam(lam), (batch,))
+  peak = jnp.argmax(saliency.reshape(batch, -1), axis=1).astype(jnp.int32)
+  cut_h, cut_w = _cut_sides(lam, height, width)
+  return _centred_box(peak // width, peak % width, cut_h, cut_w, height, width)
 
 
 def box_mask(box: Box, height: int, width: int) -> jax.Array:

@@ -350,6 +350,8 @@ class Requirements:
       "normalized").
     needs_features: the loss reads the model's pooled "features" (feature-space pairing).
     needs_feature_map: the loss reads the model's un-pooled "feature_map".
+    mix_layers: the hidden layers the loss mixes at (manifold mixup: the model is called
+      with `mix=(layer, fn)`, 0 the input, s the output of stage s); () for none.
     draws: the batches the recipe draws in a step besides the clean (instance-balanced)
       one, one `samplers.Law` each (name in `CLASS_LAWS`, concrete parameters, a `copy`
       per independent batch of one law); a streamed input pipeline feeds exactly these.
@@ -364,6 +366,7 @@ class Requirements:
   head: str = "linear"
   needs_features: bool = False
   needs_feature_map: bool = False
+  mix_layers: tuple[int, ...] = ()
   draws: tuple[samplers.Law, ...] = ()
   trainable: tuple[str, ...] | None = None
   train_batch_stats: bool = True

@@ -319,7 +319,7 @@ EXPECTED_VIEWS = {
     **{name: ("label_occurrence_view", "temperature_view") for name in ("sbn_mix", "dbn_mix")},
     "cp_mix": ("confusion_pair_view",),
     **{name: ("ot_pair_view",)
-       for name in ("cmo", "otmix", "otmix_drw", "otmix_balms", "otmix_ldam")},
+       for name in ("cmo", "otmix", "otmix_drw", "otmix_balms", "otmix_ldam", "otmix_saliency")},
 }
 
 

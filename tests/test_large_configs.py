@@ -21,7 +21,7 @@ SMALL = ("cifar10_lt", "cifar100_lt", "fashion_mnist_lt", "digits_lt")
 KINDS = ("paper", "code")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)
-OTMIX = ("otmix", "otmix_drw", "otmix_balms", "otmix_ldam")
+OTMIX = ("otmix", "otmix_drw", "otmix_balms", "otmix_ldam", "otmix_saliency")
 BILATERAL = ("dbn_mix", "sbn_mix")
 
 

@@ -580,7 +580,7 @@ def test_cmo_pastes_one_foreground_box_and_labels_by_its_area():
 # ----------------------------------------------------------------------------- registry
 
 def test_registry_names_and_epoch_defaults():
-  assert len(methods.METHODS) == 24
+  assert len(methods.METHODS) == 26
   for name in methods.METHODS:
     r = methods.get_recipe(name, num_epochs=200)
     assert r.name == name

@@ -2,9 +2,9 @@
 
 A tiny long-tailed problem (K = 4 classes of 8x8 grey images, each class a bright block at
 its own position plus noise; 64/32/16/8 training images, 32 test images per class) and a
-small MLP (dual-branch SmallCNN for DBN-Mix). Four epochs exercise every epoch switch (DRW,
-LOBM* deferral, CP-Mix stage 2, OTmix's OT epochs); each run must stay finite and beat
-chance on the balanced test set. CP-Mix adds its frozen-backbone fine-tuning phase.
+small MLP (SmallCNNs for DBN-Mix and manifold mixup). Four epochs exercise every epoch
+switch (DRW, LOBM* deferral, CP-Mix stage 2, OTmix's OT epochs); each run must stay finite
+and beat chance on the balanced test set. CP-Mix adds its frozen-backbone fine-tuning phase.
 """
 
 from __future__ import annotations
@@ -41,9 +41,12 @@ def normalize(images):
 
 
 def model_and_lr(recipe_):
-  """MLP at lr 0.05; the dual-branch CNN (BatchNorm, 28 steps) needs lr 0.2 to get going."""
+  """MLP at lr 0.05; the dual-branch CNN (BatchNorm, 28 steps) needs lr 0.2 to get going,
+  and so does the SmallCNN that manifold mixup mixes the hidden states of."""
   if recipe_.branches == 2:
     return models.dual_small_cnn(K, head=recipe_.head, widths=(8, 16)), 0.2
+  if recipe_.requirements().mix_layers:
+    return models.small_cnn(K, head=recipe_.head, widths=(8, 16)), 0.2
   return models.mlp(K, head=recipe_.head, hidden=(32,)), 0.05
 
 

@@ -22,9 +22,10 @@ DATASETS = ("cifar10_lt", "cifar100_lt", "fashion_mnist_lt", "digits_lt", "image
             "places_lt", "inat2018")
 KINDS = ("paper", "code")
 RECIPE_KEYS = ("drw_epoch", "defer_epoch", "stage2_epoch", "alpha", "gamma_cp", "gamma_mix",
-               "eta", "eps")
+               "eta", "eps", "layers")
+MANIFOLD_LAYERS = (0, 1, 2)  # Verma et al. 2019, sec. 5.1: the input and two stage outputs
 MIXUP = ("mixup", "remix", "mamix", "smote_mix", "neighbor_mix")
-OTMIX = ("otmix", "otmix_drw", "otmix_balms", "otmix_ldam")
+OTMIX = ("otmix", "otmix_drw", "otmix_balms", "otmix_ldam", "otmix_saliency")
 OTMIX_DRW = ("otmix_drw", "otmix_ldam")
 
 
@@ -59,7 +60,9 @@ def cifar(kind, eta=3.0, finetune_lr=0.1):
   table = {"erm": ldam, "balanced_softmax": ldam, "drw": with_recipe(ldam, drw_epoch=160),
            "ldam_drw": with_recipe(ldam, drw_epoch=160), "cmo": with_recipe(ldam, alpha=1.0),
            "lobm": with_recipe(ldam, alpha=1.0),
-           "lobm_star": with_recipe(ldam, alpha=1.0, defer_epoch=160)}
+           "lobm_star": with_recipe(ldam, alpha=1.0, defer_epoch=160),
+           # LOBM sec. 4.2 / Table 1: its manifold-mixup baseline on the LOBM CIFAR recipe.
+           "manifold_mixup": with_recipe(ldam, alpha=1.0, layers=MANIFOLD_LAYERS)}
   for name in MIXUP:
     table[name] = with_recipe(ldam, alpha=1.0)
     table[f"{name}_drw"] = with_recipe(ldam, alpha=1.0, drw_epoch=160)
@@ -83,6 +86,9 @@ def large(kind, base, *, drw, alpha, dbn, lobm, defer, cp_mix, otmix=None):
     table[name] = with_recipe(base, alpha=alpha)
     table[f"{name}_drw"] = with_recipe(base, alpha=alpha, drw_epoch=drw)
   table["lobm"] = with_recipe(lobm, alpha=alpha)
+  # The CIFAR-LT alpha: the large configs do not list manifold_mixup among their mixup
+  # methods (LOBM sec. 4.2 states alpha=0.2 on ImageNet-LT for every mixup baseline).
+  table["manifold_mixup"] = with_recipe(base, alpha=1.0, layers=MANIFOLD_LAYERS)
   table["lobm_star"] = with_recipe(lobm, alpha=alpha, defer_epoch=defer)
   unit = "step" if kind == "code" else "epoch"
   table["dbn_mix"] = table["sbn_mix"] = with_recipe({**base, "unit": unit}, **dbn)

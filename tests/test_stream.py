@@ -234,3 +234,27 @@ def test_an_epoch_resumed_at_step_k_continues_the_uninterrupted_one(tmp_path):
   resumed, _ = epoch(restored, 0, start=int(restored.step))
   assert int(resumed.step) == int(whole.step) == N // B
   jax.tree.map(np.testing.assert_array_equal, whole.params, resumed.params)
+
+
+def _context(fed=None):
+  labels = np.repeat(np.arange(4), [8, 4, 2, 1]).astype(np.int32)
+  data = recipe.DeviceDataset.from_arrays(np.zeros((15, 4, 4, 1), np.uint8), labels, 4)
+  load = lambda key, idx: (jnp.zeros((idx.shape[0], 4, 4, 1)), data.labels[idx])
+  return recipe.StepContext(
+      key=jax.random.key(0), step=jnp.int32(0), epoch=jnp.int32(0), num_epochs=1,
+      batch_size=6, clean_indices=jnp.arange(6), data=data, load=load, feed=fed,
+      transform=lambda key, images: images.astype(jnp.float32))
+
+
+def test_draw_takes_a_law_or_in_memory_its_probability_vector():
+  ctx, law = _context(), samplers.Law("reverse", gamma=1.0)
+  key = jax.random.key(3)
+  by_law = ctx.draw(key, law)
+  by_probs = ctx.draw(key, law.probs(ctx.class_counts))
+  np.testing.assert_array_equal(by_law.indices, by_probs.indices)
+  fed = feed.FedBatch(jnp.zeros((6, 4, 4, 1), jnp.uint8), jnp.zeros(6, jnp.int32),
+                      jnp.arange(6))
+  fed_ctx = _context(feed.Feed(clean=fed, draws={law.slot: fed}))
+  np.testing.assert_array_equal(fed_ctx.draw(key, law).indices, np.arange(6))
+  with pytest.raises(TypeError, match="declared samplers.Law"):
+    fed_ctx.draw(key, law.probs(ctx.class_counts))

@@ -148,7 +148,7 @@ STREAM_QUICK: Nested = {"input": {"train_size": 64, "eval_resize": 73, "eval_siz
 # Method groups the dataset files state their changes for.
 MIXUP_FAMILY = ("mixup", "mixup_drw", "remix", "remix_drw", "mamix", "mamix_drw", "smote_mix",
                 "smote_mix_drw", "neighbor_mix", "neighbor_mix_drw")
-OTMIX_FAMILY = ("otmix", "otmix_drw", "otmix_balms", "otmix_ldam")
+OTMIX_FAMILY = ("otmix", "otmix_drw", "otmix_balms", "otmix_ldam", "otmix_saliency")
 DRW_METHODS = protocols.methods_with("drw_epoch")
 
 
@@ -375,6 +375,12 @@ def with_stream_placeholders(config: ml_collections.ConfigDict) -> ml_collection
   config.dataset.image_root = ml_collections.config_dict.placeholder(str)
   config.model.pretrained = ml_collections.config_dict.placeholder(str)
   return config
+
+
+def table_rows(table: str, rows: Mapping[str, str]) -> tuple[tuple[tuple[str, ...], Nested],
+                                                              ...]:
+  """`per_method` rules setting `reproduces` to "<table>, <row>" for each method's row."""
+  return tuple(((name,), {"reproduces": f"{table}, {row}"}) for name, row in rows.items())
 
 
 def per_method(*rules: tuple[tuple[str, ...], Nested]) -> dict[str, Nested]:

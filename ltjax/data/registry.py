@@ -4,6 +4,9 @@
 |------------------|-----------------|----------------------------------------------------------|
 | cifar10_lt       | ArrayDataset    | image-folder tar/dir, official python/binary archive, tfds |
 | cifar100_lt      | ArrayDataset    | same, CIFAR-100 (fine labels)                             |
+| cinic10_lt       | ArrayDataset    | CINIC-10.tar.gz or its train/valid/test folders           |
+| svhn_lt          | ArrayDataset    | train_32x32.mat + test_32x32.mat, tfds svhn_cropped       |
+| tiny_imagenet_lt | ArrayDataset    | tiny-imagenet-200.zip or its folder                       |
 | fashion_mnist_lt | ArrayDataset    | the four IDX .gz files                                    |
 | digits_lt        | ArrayDataset    | scikit-learn (embedded, no file)                          |
 | toy2d            | ArrayDataset    | generated (CP-Mix appendix B.1), (N, 2) float32 features  |
@@ -16,8 +19,14 @@ Files are looked up in `data_dir` when given (a file or a folder), else in
 repository, and for Fashion-MNIST Debian's `/usr/share/datasets/fashion-mnist`; each
 folder is searched with its dataset subfolders (`cifar10_jpg`, `fashion_mnist`, ...).
 Decoded files are cached (`ltjax.data._io.cached`); plain directories are decoded every
-time. The first five are made long-tailed by `make_longtail` (training split only);
+time. The first eight are made long-tailed by `make_longtail` (training split only);
 ImageNet-LT, Places-LT and iNaturalist are long-tailed already.
+
+CINIC-10-LT, SVHN-LT and Tiny-ImageNet-LT are the MAMix paper's further benchmarks
+(sec. 4.1, Tables 3, 4, 11, 13, 14): exponential profile, rho = 100 by default (the
+tables' first column; they also report 50 and 10, CINIC-10 200 to 300, and the step
+profile with mu = 0.5), head-class size the smallest training class (9,000 CINIC-10;
+4,659, the digit 9, SVHN; 500 Tiny-ImageNet). TFDS has SVHN only (`svhn_cropped`).
 """
 
 from __future__ import annotations
@@ -28,17 +37,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ltjax.data import cifar, filelists, idx, image_folder, small
+from ltjax.data import cifar, cinic, filelists, idx, image_folder, small, svhn, tiny_imagenet
 from ltjax.data._io import Arrays, cached
 from ltjax.data.dataset import ArrayDataset, Dataset, make_longtail
 
-DATASETS = ("cifar10_lt", "cifar100_lt", "fashion_mnist_lt", "digits_lt", "toy2d",
-            "imagenet_lt", "places_lt", "inat2018")
+DATASETS = ("cifar10_lt", "cifar100_lt", "cinic10_lt", "svhn_lt", "tiny_imagenet_lt",
+            "fashion_mnist_lt", "digits_lt", "toy2d", "imagenet_lt", "places_lt", "inat2018")
 # (profile, rho) used when get_dataset is called without them.
 DEFAULT_LONGTAIL = {"cifar10_lt": ("exp", 100.0), "cifar100_lt": ("exp", 100.0),
                     "fashion_mnist_lt": ("exp", 100.0), "digits_lt": ("exp", 10.0),
-                    "toy2d": ("step", 20.0)}
+                    "toy2d": ("step", 20.0), "cinic10_lt": ("exp", 100.0),
+                    "svhn_lt": ("exp", 100.0), "tiny_imagenet_lt": ("exp", 100.0)}
 CIFAR_SOURCES = ("auto", "folder", "archive", "tfds")
+SVHN_SOURCES = ("files", "tfds")
 _REPO = pathlib.Path(__file__).resolve().parents[2]
 _FASHION_SYSTEM_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
@@ -182,6 +193,112 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None,
                                  **info})
 
 
+def _find_source(data_dir, subdirs: Sequence[str], files: Sequence[str],
+                 is_tree: Callable[[pathlib.Path], bool]) -> pathlib.Path | None:
+  """The first archive named in `files`, or folder passing `is_tree`, in the search path;
+  data_dir itself when it is a file."""
+  if data_dir is not None and pathlib.Path(data_dir).is_file():
+    return pathlib.Path(data_dir)
+  for d in search_dirs(data_dir, subdirs):
+    found = next((d / f for f in files if (d / f).is_file()), None)
+    if found is not None or is_tree(d):
+      return found or d
+  return None
+
+
+def _not_found(title: str, looked_for: Sequence[str], dirs: Sequence[pathlib.Path],
+               how_to_get: str) -> FileNotFoundError:
+  return FileNotFoundError(
+      f"{title} not found: looked for {list(looked_for)} in {', '.join(map(str, dirs))}. "
+      f"Get {how_to_get}; put it in one of these folders, pass data_dir=, or set "
+      "LTJAX_DATA_DIR.")
+
+
+_CINIC_SUBDIRS = ("cinic10", "CINIC-10", "cinic-10")
+_CINIC_HOW = f"{cinic.CINIC10_ARCHIVE} from {cinic.CINIC10_URL} (or its unpacked folder)"
+
+
+def load_cinic10(data_dir: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None, eval_split: str = "test",
+                 use_cache: bool = True) -> ArrayDataset:
+  """Balanced CINIC-10, uint8 (N, 32, 32, 3): `train/` and `eval_split` ("test"/"valid").
+
+  Raises:
+    FileNotFoundError: neither CINIC-10.tar.gz nor a train/valid/test folder found.
+    DataError: a corrupt archive or image.
+  """
+  is_tree = lambda d: all((d / s).is_dir() for s in ("train", "valid", "test"))
+  path = _find_source(data_dir, _CINIC_SUBDIRS, [cinic.CINIC10_ARCHIVE], is_tree)
+  if path is None:
+    raise _not_found("CINIC-10", [cinic.CINIC10_ARCHIVE, "train/ valid/ test/"],
+                     search_dirs(data_dir, _CINIC_SUBDIRS), _CINIC_HOW)
+  return _decoded(f"cinic10-{eval_split}", path,
+                  lambda: cinic.load_cinic_arrays(path, eval_split), "cinic10", cache_dir,
+                  use_cache, _CINIC_HOW)
+
+
+_SVHN_SUBDIRS = ("svhn", "SVHN")
+_SVHN_HOW = (f"{' and '.join(svhn.SVHN_FILES)} from {svhn.SVHN_URL}, or `pip install "
+             f"ltjax[tfds]` and source='tfds' ({svhn.TFDS_NAME})")
+
+
+def load_svhn(data_dir: str | os.PathLike | None = None,
+              cache_dir: str | os.PathLike | None = None, source: str = "files",
+              use_cache: bool = True, download: bool = False) -> ArrayDataset:
+  """Balanced-split SVHN (uint8 (N, 32, 32, 3), label k = digit k) from the .mat files or tfds.
+
+  Args:
+    data_dir: the folder of train_32x32.mat and test_32x32.mat (or a folder to search).
+    cache_dir: decoded-array cache.
+    source: "files" (official .mat files) or "tfds" (`svhn_cropped`).
+    use_cache: read / write the decoded-array cache.
+    download: with source="tfds", let tfds download the data.
+
+  Raises:
+    FileNotFoundError: a .mat file is missing; the message names both and the URL.
+    ImportError: source="tfds" without tensorflow-datasets.
+  """
+  if source not in SVHN_SOURCES:
+    raise ValueError(f"Unknown SVHN source {source!r}; valid: {', '.join(SVHN_SOURCES)}.")
+  if source == "tfds":
+    arrays = cifar.load_tfds_arrays(svhn.TFDS_NAME, data_dir, download)
+    return _array_dataset(arrays, {"source": "tfds", "format": "tfds", "kind": "images"})
+  dirs = search_dirs(data_dir, _SVHN_SUBDIRS)
+  found = next((d for d in dirs if all((d / f).is_file() for f in svhn.SVHN_FILES)), None)
+  if found is None:
+    raise _not_found("SVHN", svhn.SVHN_FILES, dirs, _SVHN_HOW)
+  sources = [found / f for f in svhn.SVHN_FILES]
+  arrays, info = cached("svhn", sources, lambda: svhn.load_svhn_arrays(*sources),
+                        cache_dir=cache_dir, use_cache=use_cache, how_to_get=_SVHN_HOW)
+  return _array_dataset(arrays, {"source": str(found), "format": "mat", "kind": "images",
+                                 **info})
+
+
+_TINY_SUBDIRS = ("tiny_imagenet", tiny_imagenet.TINY_IMAGENET_FOLDER)
+_TINY_HOW = (f"{tiny_imagenet.TINY_IMAGENET_ARCHIVE} from {tiny_imagenet.TINY_IMAGENET_URL} "
+             "(or its unpacked folder)")
+
+
+def load_tiny_imagenet(data_dir: str | os.PathLike | None = None,
+                       cache_dir: str | os.PathLike | None = None,
+                       use_cache: bool = True) -> ArrayDataset:
+  """Balanced Tiny-ImageNet, uint8 (N, 64, 64, 3): `train/` and the labelled `val/`.
+
+  Raises:
+    FileNotFoundError: neither tiny-imagenet-200.zip nor an unpacked folder found.
+    DataError: a corrupt archive or image, or inconsistent annotation files.
+  """
+  path = _find_source(data_dir, _TINY_SUBDIRS, [tiny_imagenet.TINY_IMAGENET_ARCHIVE],
+                      lambda d: (d / "wnids.txt").is_file())
+  if path is None:
+    raise _not_found("Tiny-ImageNet", [tiny_imagenet.TINY_IMAGENET_ARCHIVE,
+                                       f"{tiny_imagenet.TINY_IMAGENET_FOLDER}/wnids.txt"],
+                     search_dirs(data_dir, _TINY_SUBDIRS), _TINY_HOW)
+  return _decoded("tiny_imagenet", path,
+                  lambda: tiny_imagenet.load_tiny_imagenet_arrays(path), "tiny_imagenet",
+                  cache_dir, use_cache, _TINY_HOW)
+
+
 def _long_tailed(loader: Callable[..., Dataset], name: str) -> Callable[..., Dataset]:
   def load(*, data_dir, cache_dir, rho, profile, seed, mu, **kw) -> Dataset:
     default_profile, default_rho = DEFAULT_LONGTAIL[name]
@@ -214,6 +331,9 @@ def _already_long_tailed(loader: Callable[..., Dataset]) -> Callable[..., Datase
 _LOADERS: dict[str, Callable[..., Dataset]] = {
     "cifar10_lt": _long_tailed(lambda **kw: load_cifar(10, **kw), "cifar10_lt"),
     "cifar100_lt": _long_tailed(lambda **kw: load_cifar(100, **kw), "cifar100_lt"),
+    "cinic10_lt": _long_tailed(load_cinic10, "cinic10_lt"),
+    "svhn_lt": _long_tailed(load_svhn, "svhn_lt"),
+    "tiny_imagenet_lt": _long_tailed(load_tiny_imagenet, "tiny_imagenet_lt"),
     "fashion_mnist_lt": _long_tailed(load_fashion_mnist, "fashion_mnist_lt"),
     "digits_lt": _long_tailed(_without_files(small.digits), "digits_lt"),
     "toy2d": _long_tailed(_without_files(small.toy2d), "toy2d"),
@@ -240,8 +360,9 @@ def get_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     profile: "exp" or "step" (default DEFAULT_LONGTAIL).
     seed: seed of the long-tailed subsample (recorded in meta).
     mu: minority fraction of the step profile.
-    **kw: loader options: `source`, `use_cache`, `download` (CIFAR); `use_cache`
-      (Fashion-MNIST); `split_seed` (digits); `data_seed` (toy2d); `image_root`,
+    **kw: loader options: `source`, `use_cache`, `download` (CIFAR, SVHN: source "files"
+      or "tfds"); `eval_split` ("test" or "valid", CINIC-10); `use_cache` (CINIC-10,
+      Tiny-ImageNet, Fashion-MNIST); `split_seed` (digits); `data_seed` (toy2d); `image_root`,
       `class_names` (ImageNet-LT / Places-LT); `image_root` (iNaturalist).
 
   Returns:

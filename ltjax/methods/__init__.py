@@ -12,11 +12,12 @@ from ltjax.methods.cp_mix import CPMix, CPMixFinetune
 from ltjax.methods.criteria import Criterion
 from ltjax.methods.erm import ERM
 from ltjax.methods.lobm import LOBM
+from ltjax.methods.manifold import ManifoldMixup
 from ltjax.methods.mixup import Mixup
 from ltjax.methods.otmix import OTmix
 from ltjax.methods.protocols import PROTOCOLS, get_protocol
 from ltjax.methods.registry import METHODS, check_compatible, get_recipe, hyperparameters
 
 __all__ = ["CPMix", "CPMixFinetune", "Criterion", "DBNMix", "ERM", "LOBM", "METHODS",
-           "Mixup", "OTmix", "PROTOCOLS", "SBNMix", "check_compatible", "get_protocol",
-           "get_recipe", "hyperparameters"]
+           "ManifoldMixup", "Mixup", "OTmix", "PROTOCOLS", "SBNMix", "check_compatible",
+           "get_protocol", "get_recipe", "hyperparameters"]

@@ -14,7 +14,13 @@ law q_k ~ n_k^-r (eq. 3, r = 1). Each foreground image i takes a background j(i)
 
 Then CutMix (lam ~ Beta(alpha, alpha), alpha = 4, one box per batch as in the reference
 code) pastes the box of x_f[i] onto x_b[j(i)]; label lam y_bg + (1 - lam) y_fg with lam
-recomputed from the clipped box. The loss is the recipe's criterion (CE, DRW, balanced
+recomputed from the clipped box. The box's centre is uniform (CutMix, `box_placement=
+"uniform"`), or the saliency peak of the foreground image (`box_placement="saliency"`:
+"OTmix (SaliencyMix)", OTmix sec. 5.3 / Table 3, with SaliencyMix's box, Uddin et al. 2021,
+`mixing.saliency_box`); the batch's one box is then centred on the first foreground image's
+peak, as the SaliencyMix code centres its one box on its first source image
+(`saliency_bbox(input[rand_index[0]], lam)`), and `per_sample_box` centres each box on its
+own foreground's peak. The loss is the recipe's criterion (CE, DRW, balanced
 softmax / BALMS, LDAM-DRW).
 
 Per epoch (`on_epoch`): F_hat is recomputed from the model's predictions on a fixed
@@ -52,7 +58,8 @@ final_otmix/cifar_train.py and imagenet_train.py, naver-ai/cmo cifar_train.py):
 
 Defaults (sec. 4, CIFAR): w = 0.05, eps = 0.01, r = 1, alpha = 4, mu = 1; m = 20 images per
 class for F_hat (the paper's "small balanced subset" has no stated size). DRW variants start
-at epoch 160 of 240. CMO = `ot=False`.
+at epoch 160 of 240. CMO = `ot=False`. On balanced data (OTmix sec. 5.3) the foreground law
+is uniform over classes for every r, i.e. two uniform batches, as the paper says.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ from ltjax.methods import common
 
 OT_FEATURES = ("inference", "train", "train_unpooled")
 OT_GATES = ("paper", "code")
+BOX_PLACEMENTS = ("uniform", "saliency")
 
 
 def ot_probability(epoch: jax.Array, num_epochs: int, mu: float, gate: str = "paper"
@@ -109,6 +117,8 @@ class OTmix(common.SupervisedRecipe):
     ot_features: "inference" (default), "train" or "train_unpooled" (reference code,
       training-mode feature passes; see the module docstring).
     ot_gate: "paper" ((e + 1) / T)^mu (default) or "code" (e / T)^mu.
+    box_placement: "uniform" (CutMix, default) or "saliency" (SaliencyMix: centred on the
+      foreground's spectral-residual saliency peak; `cut_box`).
     criterion: supervised loss (CE; registry variants DRW / balanced softmax / LDAM-DRW).
   """
   name: str = "otmix"
@@ -125,6 +135,7 @@ class OTmix(common.SupervisedRecipe):
   mix_window: tuple[int, int] | None = None
   ot_features: str = "inference"
   ot_gate: str = "paper"
+  box_placement: str = "uniform"
 
   def __post_init__(self):
     super().__post_init__()
@@ -145,6 +156,9 @@ class OTmix(common.SupervisedRecipe):
                        f"{', '.join(OT_FEATURES)}.")
     if self.ot_gate not in OT_GATES:
       raise ValueError(f"Unknown ot_gate {self.ot_gate!r}; valid: {', '.join(OT_GATES)}.")
+    if self.box_placement not in BOX_PLACEMENTS:
+      raise ValueError(f"Unknown box_placement {self.box_placement!r}; valid: "
+                       f"{', '.join(BOX_PLACEMENTS)}.")
 
   def requirements(self) -> recipe.Requirements:
     """Inverse-frequency foregrounds; OT pairing reads the model's pooled features, or its
@@ -248,6 +262,15 @@ class OTmix(common.SupervisedRecipe):
       gate &= (ctx.epoch > start) & (ctx.epoch < ctx.num_epochs - end)
     return gate
 
+  def cut_box(self, key: jax.Array, lam: jax.Array, x_fore: jax.Array) -> mixing.Box:
+    """The CutMix box of side (H sqrt(1 - lam), W sqrt(1 - lam)): a uniform centre, or the
+    saliency peak of the foreground (each one's with `per_sample_box`, else the first's)."""
+    if self.box_placement == "uniform":
+      return mixing.cutmix_box(key, lam, *x_fore.shape[1:3])
+    if self.per_sample_box:
+      return mixing.saliency_box(x_fore, lam)
+    return tuple(bound[0] for bound in mixing.saliency_box(x_fore[:1], lam))
+
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
     keys = ctx.keys("back", "fore", "pair", "lam", "box", "gate")
@@ -258,7 +281,7 @@ class OTmix(common.SupervisedRecipe):
                                      mixed)
     lam = mixing.sample_lambda(keys["lam"], self.alpha,
                                (back.labels.shape[0],) if self.per_sample_box else ())
-    box = mixing.cutmix_box(keys["box"], lam, *back.x.shape[1:3])
+    box = self.cut_box(keys["box"], lam, fore.x)
     x_mix, lam_back = mixing.paste_box(common.take(back.x, partner), fore.x, box)
     x = jnp.where(mixed, x_mix, back.x)
     labels = mixing.MixedLabels(jnp.where(mixed, common.take(back.labels, partner),

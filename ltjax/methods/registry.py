@@ -16,14 +16,17 @@ fails at import otherwise.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from ltjax import recipe
+from ltjax.models import precision
 from ltjax.models import registry as model_registry
-from ltjax.methods import bilateral, cp_mix, criteria, erm, lobm, mixup, otmix, protocols
+from ltjax.methods import (bilateral, cp_mix, criteria, erm, lobm, manifold, mixup, otmix,
+                           protocols)
 
 # name -> (recipe class, structural kwargs: recipe or Criterion fields).
 _REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {
@@ -42,6 +45,7 @@ _REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {
     "smote_mix_drw": (mixup.Mixup, {"pairing": "smote"}),
     "neighbor_mix": (mixup.Mixup, {"pairing": "neighbor"}),
     "neighbor_mix_drw": (mixup.Mixup, {"pairing": "neighbor"}),
+    "manifold_mixup": (manifold.ManifoldMixup, {}),
     "lobm": (lobm.LOBM, {}),
     "lobm_star": (lobm.LOBM, {}),
     "sbn_mix": (bilateral.SBNMix, {}),
@@ -51,6 +55,7 @@ _REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {
     "otmix_drw": (otmix.OTmix, {}),
     "otmix_balms": (otmix.OTmix, {"kind": "balanced_softmax"}),
     "otmix_ldam": (otmix.OTmix, {"kind": "ldam"}),
+    "otmix_saliency": (otmix.OTmix, {"box_placement": "saliency"}),
 }
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
@@ -130,6 +135,28 @@ def _criterion_fields(kwargs: dict[str, Any], recipe_fields: tuple[str, ...]) ->
   return {k: v for k, v in kwargs.items() if k in _CRITERION_FIELDS and k not in recipe_fields}
 
 
+def _mixing_stages(model: Any) -> int | None:
+  """Stages of a model whose `__call__` takes `mix=` (manifold mixup), else None."""
+  inner = model.model if isinstance(model, precision.MixedPrecision) else model
+  if "mix" not in inspect.signature(type(inner).__call__).parameters:
+    return None
+  return len(inner.widths)
+
+
+def _check_mixing_layers(name: str, layers: tuple[int, ...], model: Any) -> None:
+  """A recipe that mixes hidden states needs a model with every layer it mixes at."""
+  if not layers:
+    return
+  stages, model_name = _mixing_stages(model), type(model).__name__
+  if stages is None:
+    raise ValueError(f"{name} mixes hidden states and needs a model that takes "
+                     f"mix=(layer, fn) (resnet32, resnet18_cifar, small_cnn, the ImageNet "
+                     f"ResNets), got {model_name}.")
+  if max(layers) > stages:
+    raise ValueError(f"{name} draws mixing layers {layers}, but {model_name} has mixing "
+                     f"layers 0..{stages} (0: the input, s: the output of stage s).")
+
+
 def _output_keys(model: Any, sample_input: Any) -> frozenset[str]:
   """Keys of the model's output dict, from an abstract evaluation (no FLOPs)."""
   def run():
@@ -144,7 +171,8 @@ def check_compatible(recipe_: recipe.Recipe, model: Any, sample_input: Any = Non
   Reads `recipe_.requirements()`: two branches (DBN-Mix) need a dual-branch model (outputs
   "logits_c" and "logits_r"); `needs_features` (OTmix, SMOTE-/Neighbor-Mix in feature
   space) a model that returns "features", `needs_feature_map` (OTmix's un-pooled code
-  features) one that returns "feature_map"; a "normalized" head (LDAM) the normalised head.
+  features) one that returns "feature_map"; a "normalized" head (LDAM) the normalised head;
+  manifold mixup a model that takes `mix=` and has every mixing layer it draws.
   With `sample_input` (a (B, H, W, C) batch) the outputs are read from an abstract
   evaluation of the model; without it, a model is dual-branch iff it is a `DualBranchNet`
   (also inside `MixedPrecision`) and is assumed to return "features" (every ltjax model
@@ -175,6 +203,7 @@ def check_compatible(recipe_: recipe.Recipe, model: Any, sample_input: Any = Non
                      f"needs a model that returns 'feature_map' (ResNet-32, SmallCNN, the "
                      f"ImageNet ResNets); {model_name} returns {sorted(keys)} "
                      "(or set ot_features='train').")
+  _check_mixing_layers(name, needs.mix_layers, model)
   head = getattr(model, "head", None)
   if needs.head == "normalized" and head != "normalized":
     raise ValueError(f"{name} uses the LDAM loss, which needs a normalised classifier "

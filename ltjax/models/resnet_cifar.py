@@ -18,6 +18,10 @@ Conventions shared by every ltjax model:
   `DualBranchNet` splits the same description between a shared trunk and two branches.
 - Outputs (`heads.pooled_outputs`): "logits" (B, K), "features" (B, C) = the pooled last
   stage, "feature_map" (B, H, W, C) = the last stage before pooling.
+- Manifold mixup (Verma et al. 2019; `ltjax.methods.manifold`): `mix=(layer, fn)` replaces
+  the hidden state h_layer by fn(h_layer) at one mixing layer of the backbone, layer 0
+  being its input and layer s the output of stage s (s = 1 .. number of stages); the
+  default `mix=None` leaves the network unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +39,28 @@ from ltjax.models import heads
 ModuleDef = Callable[..., nn.Module]
 
 CIFAR_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+# (layer index, fn): fn replaces the hidden state at that mixing layer (see `mixed_at`).
+Mix = tuple[int | jax.Array, Callable[[jax.Array], jax.Array]]
+
+
+def mixed_at(h: jax.Array, layer: int, mix: Mix | None) -> jax.Array:
+  """fn(h) if `mix = (index, fn)` selects mixing layer `layer`, else h.
+
+  The index may be traced (drawn inside the compiled step): the choice is then a
+  `jnp.where`, so fn runs at every mixing layer and only the selected result is kept.
+  """
+  if mix is None:
+    return h
+  index, fn = mix
+  return jnp.where(jnp.asarray(index) == layer, fn(h), h)
+
+
+def check_mix(mix: Mix | None, num_stages: int) -> None:
+  """Raises ValueError for a concrete mixing layer outside 0 .. num_stages."""
+  if mix is not None and isinstance(mix[0], int) and not 0 <= mix[0] <= num_stages:
+    raise ValueError(f"Mixing layer must be in 0..{num_stages} (0: the input, s: the "
+                     f"output of stage s), got {mix[0]}.")
 
 
 def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
@@ -121,10 +147,11 @@ def residual(x: jax.Array, features: int, strides: int, shortcut: str,
 class CifarStem(nn.Module):
   """relu(bn(conv3x3(x))) with `features` channels, stride 1 (`relu=False`: bn(conv3x3(x)))."""
   features: int = 16
+  kernel_init: Callable = CIFAR_CONV_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, relu: bool = True) -> jax.Array:
-    x = conv(self.features, 3, 1, CIFAR_CONV_INIT, name="conv")(x)
+    x = conv(self.features, 3, 1, self.kernel_init, name="conv")(x)
     x = batch_norm(train, "bn")(x)
     return nn.relu(x) if relu else x
 
@@ -170,13 +197,18 @@ class Backbone(nn.Module):
   first_stage: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool, stem_relu: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, stem_relu: bool = True,
+               mix: Mix | None = None) -> jax.Array:
     """Runs the stem and the stages; `stem_relu=False` drops the stem's final ReLU (no
-    effect without a stem; see `ResNetCifar`)."""
+    effect without a stem; see `ResNetCifar`). `mix=(layer, fn)` applies fn to the input
+    (layer 0) or to the output of stage `layer` (1 .. len(specs); `mixed_at`)."""
+    check_mix(mix, len(self.specs))
+    x = mixed_at(x, 0, mix)
     if self.stem is not None:
       x = self.stem(name="stem")(x, train, relu=stem_relu)
     for i, spec in enumerate(self.specs):
       x = Stage(spec, self.block, name=f"stage{self.first_stage + i}")(x, train)
+      x = mixed_at(x, i + 1, mix)
     return x
 
 
@@ -226,9 +258,12 @@ class ResNetCifar(nn.Module):
   head: str = "linear"
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool, stem_relu: bool = True
-               ) -> dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool, stem_relu: bool = True,
+               mix: Mix | None = None) -> dict[str, jax.Array]:
     """Returns {"logits", "features" (pooled), "feature_map" (last stage, un-pooled)}.
+
+    `mix=(layer, fn)`: manifold mixup at mixing layer 0 (the input image), 1, 2 or 3 (the
+    outputs of the three stages; the stem is part of stage 1), see `Backbone`.
 
     `stem_relu=False` skips the ReLU after the stem's batch norm. That is the feature
     extractor of the OTmix CIFAR code, `nn.Sequential(*list(model.children())[:-1])`
@@ -239,7 +274,7 @@ class ResNetCifar(nn.Module):
     check_images(x)
     x = Backbone(cifar_stage_specs(self.depth, self.widths), BasicBlock,
                  stem=functools.partial(CifarStem, self.widths[0]),
-                 name="backbone")(x, train, stem_relu)
+                 name="backbone")(x, train, stem_relu, mix)
     return heads.pooled_outputs(x, self.head, self.num_classes)
 
 

@@ -10,6 +10,14 @@ batch norm as in `resnet_cifar` (momentum 0.9, epsilon 1e-5).
 Parameter counts (trainable: weights, biases, BN scale and bias) with a 1000-class linear
 head: ResNet-10 5,418,792 (blocks 1/1/1/1, the ImageNet-LT baseline of Kang et al. 2020),
 ResNet-18 11,689,512, ResNet-50 25,557,032 (both equal to torchvision).
+
+`resnet18_cifar` is the ResNet-18 for small images that the MAMix paper trains on
+CINIC-10-LT and Tiny-ImageNet-LT (appendix A.2, A.4). Its code (ntucllab/imbalanced-DL
+net/resnet_liu.py, after kuangliu/pytorch-cifar) replaces the stem by a 3x3/1 convolution +
+BN + ReLU with no max pool (`stem="cifar"`), keeps the four stages and option-B shortcuts,
+initialises the convolutions with PyTorch's default (`TORCH_DEFAULT_CONV_INIT`) and
+classifies with a bias-free linear layer (net/network.py `dot_product_classifier`; the
+configs set `head="linear_nobias"`).
 """
 
 from __future__ import annotations
@@ -21,11 +29,14 @@ import jax
 from flax import linen as nn
 
 from ltjax.models import heads
-from ltjax.models.resnet_cifar import (BasicBlock, Backbone, StageSpec, batch_norm, check_images,
-                                       conv, residual)
+from ltjax.models.resnet_cifar import (BasicBlock, Backbone, CifarStem, Mix, StageSpec,
+                                       batch_norm, check_images, conv, residual)
 
 IMAGENET_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torch.nn.Conv2d's default: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+TORCH_DEFAULT_CONV_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 BLOCKS = ("basic", "bottleneck")
+STEMS = ("imagenet", "cifar")
 
 
 class Bottleneck(nn.Module):
@@ -63,13 +74,24 @@ class ImageNetStem(nn.Module):
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-def block_def(block: str) -> Callable[..., nn.Module]:
+def block_def(block: str, kernel_init: Callable = IMAGENET_CONV_INIT
+              ) -> Callable[..., nn.Module]:
   """Block constructor for "basic" (option-B shortcut) or "bottleneck"."""
   if block == "basic":
-    return functools.partial(BasicBlock, shortcut="B", kernel_init=IMAGENET_CONV_INIT)
+    return functools.partial(BasicBlock, shortcut="B", kernel_init=kernel_init)
   if block == "bottleneck":
-    return Bottleneck
+    return functools.partial(Bottleneck, kernel_init=kernel_init)
   raise ValueError(f"Unknown block {block!r}; valid blocks: {', '.join(BLOCKS)}.")
+
+
+def stem_def(stem: str, kernel_init: Callable) -> Callable[..., nn.Module]:
+  """Stem constructor: "imagenet" (`ImageNetStem`, 7x7/2 + max pool; its own He init) or
+  "cifar" (`CifarStem` with 64 channels: 3x3/1 + BN + ReLU, `kernel_init`)."""
+  if stem == "imagenet":
+    return ImageNetStem
+  if stem == "cifar":
+    return functools.partial(CifarStem, 64, kernel_init)
+  raise ValueError(f"Unknown stem {stem!r}; valid stems: {', '.join(STEMS)}.")
 
 
 class ResNetImageNet(nn.Module):
@@ -81,26 +103,32 @@ class ResNetImageNet(nn.Module):
     block: "basic" or "bottleneck".
     widths: planes of the stages.
     head: classifier head kind (see `heads.HEADS`).
+    stem: "imagenet" (7x7/2 + max pool) or "cifar" (3x3/1, no pool: `resnet18_cifar`).
+    kernel_init: initialiser of the blocks' (and the CIFAR stem's) convolutions.
   """
   num_classes: int
   stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
   block: str = "basic"
   widths: tuple[int, ...] = (64, 128, 256, 512)
   head: str = "linear"
+  stem: str = "imagenet"
+  kernel_init: Callable = IMAGENET_CONV_INIT
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool, stem_relu: bool = True
-               ) -> dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool, stem_relu: bool = True,
+               mix: Mix | None = None) -> dict[str, jax.Array]:
     """Returns {"logits", "features" (pooled), "feature_map" (last stage, un-pooled)};
-    `stem_relu=False` drops the stem's ReLU (as `ResNetCifar`)."""
+    `stem_relu=False` drops the stem's ReLU (as `ResNetCifar`); `mix=(layer, fn)`:
+    manifold mixup at the input (0) or after stage `layer` (1..4), see `Backbone`."""
     check_images(x)
     if len(self.stage_sizes) != len(self.widths):
       raise ValueError(f"stage_sizes {self.stage_sizes} and widths {self.widths} must have "
                        "the same length.")
     specs = tuple(StageSpec(w, n, 1 if i == 0 else 2)
                   for i, (w, n) in enumerate(zip(self.widths, self.stage_sizes)))
-    x = Backbone(specs, block_def(self.block), stem=ImageNetStem, name="backbone")(
-        x, train, stem_relu)
+    x = Backbone(specs, block_def(self.block, self.kernel_init),
+                 stem=stem_def(self.stem, self.kernel_init), name="backbone")(
+                     x, train, stem_relu, mix)
     return heads.pooled_outputs(x, self.head, self.num_classes)
 
 
@@ -123,3 +151,11 @@ def resnet18(num_classes: int, head: str = "linear") -> ResNetImageNet:
 def resnet50(num_classes: int, head: str = "linear") -> ResNetImageNet:
   """ResNet-50: bottlenecks 3/4/6/3 (25.56 M parameters with 1000 classes)."""
   return _resnet((3, 4, 6, 3), "bottleneck", num_classes, head)
+
+
+def resnet18_cifar(num_classes: int, head: str = "linear") -> ResNetImageNet:
+  """ResNet-18 for 32x32 / 64x64 images (3x3/1 stem, no max pool, PyTorch-default conv
+  init; the MAMix code's `resnet18`, see the module docstring)."""
+  heads.check_head(head)
+  return ResNetImageNet(num_classes, stage_sizes=(2, 2, 2, 2), block="basic", head=head,
+                        stem="cifar", kernel_init=TORCH_DEFAULT_CONV_INIT)

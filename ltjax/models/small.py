@@ -17,8 +17,8 @@ from flax import linen as nn
 
 from ltjax import _checks
 from ltjax.models import heads
-from ltjax.models.resnet_cifar import (CIFAR_CONV_INIT, Backbone, StageSpec, batch_norm,
-                                       check_images, conv)
+from ltjax.models.resnet_cifar import (CIFAR_CONV_INIT, Backbone, Mix, StageSpec,
+                                       batch_norm, check_images, conv)
 
 
 class ConvBNReLU(nn.Module):
@@ -59,15 +59,17 @@ class SmallCNN(nn.Module):
   head: str = "linear"
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool, stem_relu: bool = True
-               ) -> dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool, stem_relu: bool = True,
+               mix: Mix | None = None) -> dict[str, jax.Array]:
     """Returns {"logits", "features" (pooled), "feature_map" (last stage, un-pooled)}.
 
     `stem_relu` is accepted for the interface of `ResNetCifar`; SmallCNN has no stem.
+    `mix=(layer, fn)`: manifold mixup at mixing layer 0 (the input) or s (the output of
+    stage s, 1 .. len(widths)), see `resnet_cifar.Backbone`.
     """
     check_images(x)
     x = Backbone(small_cnn_specs(self.widths), ConvBNReLU, name="backbone")(x, train,
-                                                                            stem_relu)
+                                                                            stem_relu, mix)
     return heads.pooled_outputs(x, self.head, self.num_classes)
 
 

@@ -162,7 +162,7 @@ def test_resnet_cifar_depths_match_he_et_al_table6(depth, millions, tol):
 
 @pytest.mark.parametrize("factory,count,dim", [
     (models.resnet10, 5_418_792, 512), (models.resnet18, 11_689_512, 512),
-    (models.resnet50, 25_557_032, 2048)])
+    (models.resnet50, 25_557_032, 2048), (models.resnet152, 60_192_808, 2048)])
 def test_imagenet_resnet_counts_and_shapes(factory, count, dim):
   model = factory(1000)
   x = jnp.zeros((2, 64, 64, 3))
@@ -375,7 +375,7 @@ def test_real_init_small_cnn_matches_structure():
 
 def test_registry_names_and_dual_flag():
   assert set(models.MODELS) == {"resnet32", "resnet10", "resnet18", "resnet50",
-                                "resnet18_cifar", "small_cnn",
+                                "resnet152", "resnet18_cifar", "small_cnn",
                                 "mlp", "dual_resnet32", "dual_small_cnn"}
   assert isinstance(models.get_model("resnet32", K), models.ResNetCifar)
   assert models.get_model("dual_resnet32", K, layout="block").layout == "block"

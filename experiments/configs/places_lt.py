@@ -25,15 +25,16 @@ ImageNet-LT ("The same pre-processing is used with ImageNet-LT", B.2.3: resized 
 256 x 256, random 224 crop, flip, colour jitter 0.4; `input.crop="resize_random"`).
 
 The papers start from an ImageNet-pretrained ResNet-152 (CP-Mix Table 5 and B.2.3; Kang et
-al. 2020; Liu et al. 2019). ltjax has no ResNet-152 and ships no weights, so the default
-model is a ResNet-50 from scratch and numbers are not comparable with the papers'; give
-ImageNet-pretrained weights of the configured model with `--config.model.pretrained=PATH`
+al. 2020; Liu et al. 2019): the model is `resnet152`. ltjax ships no weights: give
+ImageNet-pretrained ones with `--config.model.pretrained=PATH`
 (`ltjax.models.pretrained.load_pretrained`; the classifier head keeps its initialisation).
+Without them the network trains from scratch and its numbers are not comparable with the
+papers'.
 
 Usage:
   python -m experiments.train --config=experiments/configs/places_lt.py:method=cp_mix \
       --config.dataset.data_dir=/data/places_lt --config.dataset.image_root=/data/places365 \
-      --config.model.pretrained=/weights/resnet50_imagenet.msgpack --workdir=/tmp/places
+      --config.model.pretrained=/weights/resnet152_imagenet.msgpack --workdir=/tmp/places
 Arguments: method, protocol (paper|code), seed, epochs (rescales the protocol), quick.
 """
 
@@ -43,7 +44,7 @@ DATASET = {"name": "places_lt"}
 BASE = common.protocols.merge(common.STREAM_BASE, {
     "num_epochs": 30,
     "batch_size": 128,
-    "model": {"name": "resnet50"},
+    "model": {"name": "resnet152"},
     "optim": {"lr": 0.01, "weight_decay": 5e-4},
     "schedule": {"name": "multistep", "warmup_epochs": 0, "milestones": (5, 15),
                  "factors": (0.1, 0.01)},
@@ -59,8 +60,9 @@ METHOD_OVERRIDES = common.per_method(
                               "gamma_mix": 2.0},
                    "finetune": {"num_epochs": 0},
                    "input": {"crop": "resize_random"},
-                   "reproduces": "nothing exactly: CP-Mix Table 2, Places-LT, starts from an "
-                                 "ImageNet-pretrained ResNet-152"}),
+                   "reproduces": "CP-Mix Table 2, Places-LT, when started from "
+                                 "ImageNet-pretrained ResNet-152 weights "
+                                 "(model.pretrained)"}),
 )
 
 # Six epochs: the shortest run that keeps the milestone 5 (of 30) after epoch 0.

@@ -9,12 +9,13 @@ from ltjax.models.precision import MixedPrecision
 from ltjax.models.pretrained import PretrainedMismatchError, load_pretrained
 from ltjax.models.registry import MODELS, get_model, is_dual_branch
 from ltjax.models.resnet_cifar import ResNetCifar, resnet32
-from ltjax.models.resnet_imagenet import ResNetImageNet, resnet10, resnet18, resnet50
+from ltjax.models.resnet_imagenet import (ResNetImageNet, resnet10, resnet18, resnet18_cifar,
+                                          resnet50, resnet152)
 from ltjax.models.small import MLP, SmallCNN, mlp, small_cnn
 
 __all__ = [
     "DualBranchNet", "HEADS", "LinearHead", "MLP", "MODELS", "MixedPrecision", "NormalizedLinear",
     "PretrainedMismatchError", "ResNetCifar", "ResNetImageNet", "SmallCNN", "dual_resnet32",
     "dual_small_cnn", "get_model", "is_dual_branch", "load_pretrained", "make_head", "mlp",
-    "resnet10", "resnet18", "resnet32", "resnet50", "small_cnn",
+    "resnet10", "resnet18", "resnet18_cifar", "resnet32", "resnet50", "resnet152", "small_cnn",
 ]

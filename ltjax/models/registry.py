@@ -4,6 +4,7 @@
 |-----------------|-------------------------------------------------|------------------|
 | resnet32        | ResNet-32, option-A shortcuts (0.46 M)          | 32x32 CIFAR      |
 | resnet10/18/50  | ImageNet ResNets (5.4 / 11.7 / 25.6 M, K=1000)  | 224x224 ImageNet |
+| resnet152       | ImageNet ResNet-152 (60.2 M, K=1000)            | 224x224 ImageNet |
 | resnet18_cifar  | ResNet-18, 3x3 stem, no max pool (11.2 M, K=10) | 32x32, 64x64     |
 | small_cnn       | SmallCNN (5 k)                                  | 8x8 .. 32x32     |
 | mlp             | MLP                                             | (B, D) toy data  |
@@ -27,6 +28,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet10": resnet_imagenet.resnet10,
     "resnet18": resnet_imagenet.resnet18,
     "resnet50": resnet_imagenet.resnet50,
+    "resnet152": resnet_imagenet.resnet152,
     "resnet18_cifar": resnet_imagenet.resnet18_cifar,
     "small_cnn": small.small_cnn,
     "mlp": small.mlp,

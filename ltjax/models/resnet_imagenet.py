@@ -1,4 +1,5 @@
-"""ImageNet ResNets (He et al. 2016) for ImageNet-LT / iNaturalist: ResNet-10, -18, -50.
+"""ImageNet ResNets (He et al. 2016) for ImageNet-LT / iNaturalist / Places-LT: ResNet-10,
+-18, -50, -152.
 
 torchvision layout ("ResNet v1.5"): 7x7/2 conv stem + BN + ReLU + 3x3/2 max pool, four
 stages (64/128/256/512 planes, stride 2 from the second), projection shortcuts (option B:
@@ -9,7 +10,8 @@ batch norm as in `resnet_cifar` (momentum 0.9, epsilon 1e-5).
 
 Parameter counts (trainable: weights, biases, BN scale and bias) with a 1000-class linear
 head: ResNet-10 5,418,792 (blocks 1/1/1/1, the ImageNet-LT baseline of Kang et al. 2020),
-ResNet-18 11,689,512, ResNet-50 25,557,032 (both equal to torchvision).
+ResNet-18 11,689,512, ResNet-50 25,557,032, ResNet-152 60,192,808 (all three equal to
+torchvision).
 
 `resnet18_cifar` is the ResNet-18 for small images that the MAMix paper trains on
 CINIC-10-LT and Tiny-ImageNet-LT (appendix A.2, A.4). Its code (ntucllab/imbalanced-DL
@@ -151,6 +153,12 @@ def resnet18(num_classes: int, head: str = "linear") -> ResNetImageNet:
 def resnet50(num_classes: int, head: str = "linear") -> ResNetImageNet:
   """ResNet-50: bottlenecks 3/4/6/3 (25.56 M parameters with 1000 classes)."""
   return _resnet((3, 4, 6, 3), "bottleneck", num_classes, head)
+
+
+def resnet152(num_classes: int, head: str = "linear") -> ResNetImageNet:
+  """ResNet-152: bottlenecks 3/8/36/3 (60.19 M parameters with 1000 classes; the Places-LT
+  backbone of Liu et al. 2019, Kang et al. 2020 and CP-Mix B.2.3)."""
+  return _resnet((3, 8, 36, 3), "bottleneck", num_classes, head)
 
 
 def resnet18_cifar(num_classes: int, head: str = "linear") -> ResNetImageNet:

@@ -56,21 +56,33 @@ FIT_SCRIPT = textwrap.dedent("""
     rcp = methods.get_recipe("lobm" if source == "stream" else "erm", num_epochs=2)
     phase = trainer.Phase(rcp, 2, optim.sgd(0.1, momentum=0.9, weight_decay=5e-4))
     mesh = sharding.make_mesh()
+    read = []  # the test rows this process decoded
+    stream_kw = {}
     if source == "stream":
       from ltjax.data import pipeline, stream
+
+      class RecordingSource(pipeline.ArraySource):
+        def __getitem__(self, index):
+          read.append(int(index))
+          return super().__getitem__(index)
+
       data = stream.StreamedDataset(pipeline.ArraySource(images, labels), labels, K,
                                     transforms=(pipeline.RandomHorizontalFlip(),))
+      stream_kw = {"test_data": stream.StreamedDataset(
+          RecordingSource(test_images, test_labels), test_labels, K), "eval_batch_size": 8}
     else:
       data = recipe_lib.DeviceDataset.from_arrays(images, labels, K)
     result = trainer.fit(model, [phase], data, batch_size=16, seed=3, normalize_fn=normalize,
-                         mesh=mesh, progress=False, loop="steps")
+                         mesh=mesh, progress=False, loop="steps", eval_every=2, **stream_kw)
     state = result.state
+    fit_top1 = (result.final_metrics or {}).get("top1", -1.0)
     eval_fn = evaluation.make_eval_fn(model.apply, rcp, 8, normalize, mesh=mesh)
     counts = eval_fn.counts(state.params, state.batch_stats, test_images, test_labels)
     leaves = [np.asarray(x) for x in jax.tree.leaves(state.params)]
     np.savez(out, *leaves, total=np.asarray(counts.total), correct=np.asarray(counts.correct),
              confusion=np.asarray(counts.confusion), loss=np.asarray(counts.loss),
-             num_leaves=len(leaves))
+             num_leaves=len(leaves), read=np.asarray(sorted(read), np.int64),
+             fit_top1=np.float64(fit_top1))
     print("FIT-OK")
 """)
 
@@ -111,7 +123,8 @@ def _run_job(commands: list[list[str]], devices: int) -> list[str]:
 def _load(path: pathlib.Path) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
   with np.load(path) as f:
     leaves = [f[f"arr_{i}"] for i in range(int(f["num_leaves"]))]
-    return leaves, {k: f[k] for k in ("total", "correct", "confusion", "loss")}
+    return leaves, {k: f[k] for k in ("total", "correct", "confusion", "loss", "read",
+                                      "fit_top1")}
 
 
 @pytest.mark.parametrize("source", ["device", "stream"])
@@ -131,7 +144,16 @@ def test_two_processes_train_and_evaluate_as_one_process_of_four_devices(tmp_pat
     for name in ("total", "correct", "confusion"):
       np.testing.assert_array_equal(counts[name], ref_counts[name])
     np.testing.assert_allclose(counts["loss"], ref_counts["loss"], rtol=1e-5)
+    # fit's streamed evaluation: the same top-1 as one process.
+    np.testing.assert_allclose(counts["fit_top1"], ref_counts["fit_top1"], rtol=1e-6)
   assert ref_counts["total"].sum() == 21  # the padded rows of the last batch count nowhere
+  if source == "stream":
+    # Each process decoded only its half of every test batch (rows 0-3 / 4-7 of each 8;
+    # the last batch, rows 16-20, is padded with row 20): together each row once.
+    first, second = (set(_load(p)[1]["read"].tolist()) for p in two)
+    assert first == {r for r in range(21) if r % 8 < 4}
+    assert second == {r for r in range(21) if r % 8 >= 4}
+    assert set(ref_counts["read"].tolist()) == set(range(21))
 
 
 def test_two_process_run_writes_the_workdir_once_and_resumes_in_one_process(tmp_path):

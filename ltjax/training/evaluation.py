@@ -13,7 +13,7 @@ rows of it, and the summed counts are replicated, so every process reads the sam
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -99,15 +99,34 @@ class EvalFn:
               for rows, real in self._batches(images.shape[0])]
     return np.concatenate(chunks).astype(np.float32)
 
+  def process_batches(self, num: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per batch of a test set of `num` images: (the rows this process feeds, their mask).
+
+    Without a mesh, the whole batch; with one, this process's share of it
+    (`sharding.process_rows`). Padding rows repeat row N-1 and are masked out.
+    """
+    for rows, real in self._batches(num):
+      mask = np.arange(self.batch_size) < real
+      if self.mesh is not None:
+        rows, mask = rows[self._rows], mask[self._rows]
+      yield rows, mask
+
+  def local_counts(self, params: PyTree, batch_stats: PyTree, images: ArrayLike,
+                   labels: ArrayLike, mask: ArrayLike) -> metrics.EvalCounts:
+    """One batch's `EvalCounts` from this process's rows of it (`process_batches`), so
+    that a process reads only those images (a streamed test set)."""
+    local = (np.asarray(images), np.asarray(labels), np.asarray(mask))
+    if self.mesh is not None:
+      local = tuple(sharding.host_local_to_global(a, self.mesh) for a in local)
+    return self._counts(self._inputs, params, batch_stats, *local)
+
   def counts(self, params: PyTree, batch_stats: PyTree, images: ArrayLike,
              labels: ArrayLike) -> metrics.EvalCounts:
     """The test set's `EvalCounts`, summed on the device (replicated with a mesh)."""
     labels = np.asarray(labels)
     total = None
-    for rows, real in self._batches(images.shape[0]):
-      mask = np.arange(self.batch_size) < real
-      batch = self._counts(self._inputs, params, batch_stats,
-                           *self._feed(np.asarray(images[rows]), labels[rows], mask))
+    for rows, mask in self.process_batches(images.shape[0]):
+      batch = self.local_counts(params, batch_stats, images[rows], labels[rows], mask)
       total = batch if total is None else total + batch
     return total
 

@@ -369,11 +369,15 @@ def fit(model: Any, phases: Sequence[Phase],
 
 def _evaluate_stream(evaluator: evaluation.EvalFn, state: TrainState,
                      test: stream_lib.StreamedDataset, counts: ArrayLike) -> dict[str, Any]:
-  """`evaluation.evaluate` on a streamed test set, batch by batch (counts on the device)."""
+  """`evaluation.evaluate` on a streamed test set, batch by batch (counts on the device);
+  each process reads and decodes only its rows of every batch."""
   from ltjax.data import stream as stream_lib  # pylint: disable=import-outside-toplevel,redefined-outer-name
+  batches = list(evaluator.process_batches(test.num_samples))
+  rows = np.concatenate([r for r, _ in batches])
   total = None
-  for fed in stream_lib.read_batches(test, np.arange(test.num_samples), evaluator.batch_size):
-    batch = evaluator.counts(state.params, state.batch_stats, fed.images, fed.labels)
+  for (_, mask), fed in zip(batches, stream_lib.read_batches(test, rows, len(batches[0][0]))):
+    batch = evaluator.local_counts(state.params, state.batch_stats, fed.images, fed.labels,
+                                   mask)
     total = batch if total is None else total + batch
   return metrics.summarize_counts(total, np.asarray(counts))
 

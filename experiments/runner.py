@@ -343,7 +343,8 @@ def train_phases(config, model, phases, data, normalize_fn, ds, workdir, callbac
   (`data`: the training set on the device, or the (train, test) streams)."""
   if streamed(config):
     data, test = data
-    test_kwargs = {"test_data": test}
+    test_kwargs = {"test_data": test,
+                   "checkpoint_every_steps": config.get("checkpoint_every_steps", 0)}
   else:
     test_kwargs = {"test_images": ds.test_images, "test_labels": ds.test_labels}
   return trainer.fit(

@@ -16,7 +16,7 @@ Rules (`experiments.train` and `experiments.compare` follow them for every run f
 - Excluded fields (EXCLUDED) do not change what is trained, only how the process reports,
   saves or runs it, so a rerun may change them: `eval_every`, `eval_batch_size` (when and
   in which chunks the test set is evaluated; training never reads it), `checkpoint_every`,
-  `keep_checkpoints` (when the state is saved; keys derive from seed, epoch and step, so a
+  `checkpoint_every_steps`, `keep_checkpoints` (when the state is saved; keys derive from seed, epoch and step, so a
   resumed run continues exactly), `progress`, `plots`, `analysis_draws` (presentation),
   `loop` (how an epoch is compiled: one `lax.scan` or one call per step of the same step
   function), `num_devices`, `jax_distributed` (where the same step runs), `methods`,
@@ -57,9 +57,10 @@ from ltjax import reporting
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 ON_MISMATCH = ("refuse", "fresh", "fork")
-EXCLUDED = ("eval_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
-            "progress", "plots", "analysis_draws", "loop", "num_devices", "jax_distributed",
-            "methods", "seeds", "arg", "reproduces", "source", "dataset.data_dir")
+EXCLUDED = ("eval_every", "eval_batch_size", "checkpoint_every", "checkpoint_every_steps",
+            "keep_checkpoints", "progress", "plots", "analysis_draws", "loop", "num_devices",
+            "jax_distributed", "methods", "seeds", "arg", "reproduces", "source",
+            "dataset.data_dir")
 _ABSENT = "(absent)"
 
 

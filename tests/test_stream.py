@@ -258,3 +258,56 @@ def test_draw_takes_a_law_or_in_memory_its_probability_vector():
   np.testing.assert_array_equal(fed_ctx.draw(key, law).indices, np.arange(6))
   with pytest.raises(TypeError, match="declared samplers.Law"):
     fed_ctx.draw(key, law.probs(ctx.class_counts))
+
+
+class _Killed(Exception):
+  """Stands for the job being killed while it reads the stream."""
+
+
+class _DyingSource(pipeline.ArraySource):
+  """ArraySource that fails once `limit` records have been read (a killed run)."""
+
+  def __init__(self, limit):
+    super().__init__(IMAGES, LABELS)
+    self.reads, self.limit = 0, limit
+
+  def __getitem__(self, index):
+    self.reads += 1
+    if self.reads > self.limit:
+      raise _Killed(f"killed after {self.limit} reads")
+    return super().__getitem__(index)
+
+
+def test_fit_killed_mid_epoch_resumes_at_its_step_as_the_uninterrupted_run(tmp_path):
+  """LOBM (a clean batch and two class-law slots per step), 2 epochs of 5 steps, a
+  mid-epoch checkpoint every 2 steps; the run dies reading step 3 of epoch 1 (3 batches
+  of 16 per step: 48 reads), is resumed from step 2 of that epoch, and ends with the
+  parameters and epoch metrics of the run that was never interrupted."""
+  rcp = methods.get_recipe("lobm", num_epochs=2)
+  whole = fit(rcp, streamed_set())
+  dying = stream.StreamedDataset(_DyingSource(limit=48 * (5 + 3)), LABELS, K, read_threads=1)
+  workdir = tmp_path / "run"
+  with pytest.raises(_Killed):
+    fit(rcp, dying, workdir=workdir, checkpoint_every_steps=2)
+  ckpt = checkpoint.Checkpointer(workdir)
+  partial = ckpt.latest_partial()
+  assert ckpt.latest_epoch() == 1 and (partial["epoch"], partial["epoch_step"]) == (1, 2)
+  assert partial["global_step"] == 5 + 2 and len(partial["step_metrics"]["loss"]) == 2
+  ckpt.close()
+  counting = _DyingSource(limit=10**6)
+  resumed = fit(rcp, stream.StreamedDataset(counting, LABELS, K, read_threads=1),
+                workdir=workdir, checkpoint_every_steps=2)
+  # One record for the input shape, then steps 2, 3 and 4 of epoch 1: nothing read twice.
+  assert counting.reads == 1 + 48 * 3
+  jax.tree.map(np.testing.assert_array_equal, whole.state.params, resumed.state.params)
+  assert resumed.train_metrics == pytest.approx(whole.train_metrics, rel=1e-6)
+  ckpt = checkpoint.Checkpointer(workdir)
+  assert ckpt.latest_epoch() == 2 and ckpt.latest_partial() is None  # superseded
+  ckpt.close()
+
+
+def test_mid_epoch_checkpoints_need_a_stream():
+  rcp = methods.get_recipe("erm", num_epochs=1)
+  data = recipe.DeviceDataset.from_arrays(IMAGES, LABELS, K)
+  with pytest.raises(ValueError, match="checkpoint_every_steps=3"):
+    fit(rcp, data, epochs=1, checkpoint_every_steps=3)

@@ -97,6 +97,9 @@ RUN_DEFAULTS: Nested = {
     "model": {"dtype": "float32"},  # "bfloat16": mixed precision (ltjax.models.precision)
     "eval_every": 10,
     "checkpoint_every": 10,
+    # Streamed runs: also save every this many optimiser steps inside an epoch (0: only
+    # after epochs); a run killed mid-epoch resumes at its last saved step.
+    "checkpoint_every_steps": 0,
     "keep_checkpoints": 2,
     "eval_batch_size": 1024,
     "progress": True,

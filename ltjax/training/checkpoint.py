@@ -10,6 +10,13 @@ process exiting right after could interrupt), and
 `latest_epoch` / `restore` use the last complete one. The step number of a checkpoint is the
 number of epochs completed over the whole run.
 
+Mid-epoch checkpoints (`save_partial`, streamed runs): `workdir/checkpoints/partial/<global
+optimiser step>/{state, meta}`, the latest one kept; the sidecar adds the epoch in progress,
+the steps of it done and their per-step metrics. They sit in their own directory so that
+the epoch checkpoints keep their numbering; an epoch checkpoint supersedes them
+(`save` removes them once it is written), and `latest_partial` ignores any older than the
+latest epoch checkpoint.
+
 Multi-process runs: every process constructs the Checkpointer and calls `save`, `restore`,
 `metadata` and `close` at the same points (orbax synchronises the processes and has each
 write its part: replicated arrays once, by process 0), in a workdir on a filesystem they
@@ -58,6 +65,22 @@ def remove_partial_writes(directory: pathlib.Path) -> None:
         shutil.rmtree(path)
 
 
+PARTIAL = "partial"  # subdirectory of the mid-epoch checkpoints
+
+
+def _manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, cleanup_tmp_directories=False,
+      enable_async_checkpointing=False)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def _write(manager: ocp.CheckpointManager, step: int, state: PyTree, meta: Any) -> None:
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  manager.wait_until_finished()
+
+
 class Checkpointer:
   """Saves every `save_every` epochs, keeps the last `keep`, restores the latest.
 
@@ -76,12 +99,11 @@ class Checkpointer:
     self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
     if jax.process_index() == 0:
       remove_partial_writes(self.directory)
+      remove_partial_writes(self.directory / PARTIAL)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"ltjax Checkpointer {self.directory}")
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, cleanup_tmp_directories=False,
-        enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = _manager(self.directory, keep)
+    self._partial_manager: ocp.CheckpointManager | None = None
 
   def save(self, epoch: int, state: PyTree, *, phase: int, seed: int,
            metrics: dict[str, Any] | None = None, force: bool = False) -> bool:
@@ -95,10 +117,50 @@ class Checkpointer:
       return False
     meta = _jsonable({"epoch": epoch, "phase": phase, "seed": seed,
                       "metrics": metrics or {}})
-    self._manager.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-    self._manager.wait_until_finished()
+    _write(self._manager, epoch, state, meta)
+    partial = self._partial(create=False)
+    for step in [] if partial is None else partial.all_steps():  # superseded now
+      partial.delete(step)
     return True
+
+  def _partial(self, create: bool = True) -> ocp.CheckpointManager | None:
+    """The manager of the mid-epoch checkpoints (None if it has none and not `create`)."""
+    if self._partial_manager is None and (create or (self.directory / PARTIAL).is_dir()):
+      self._partial_manager = _manager(self.directory / PARTIAL, 1)
+    return self._partial_manager
+
+  def save_partial(self, global_step: int, state: PyTree, *, epoch: int, epoch_step: int,
+                   phase: int, seed: int, metrics: dict[str, Any] | None = None,
+                   step_metrics: dict[str, Any] | None = None) -> None:
+    """Saves `state` inside epoch `epoch` (0-based, the epochs completed before it) after
+    `epoch_step` of its steps, with the per-step metrics of those steps."""
+    meta = _jsonable({"epoch": epoch, "epoch_step": epoch_step, "phase": phase,
+                      "seed": seed, "metrics": metrics or {},
+                      "step_metrics": step_metrics or {}})
+    _write(self._partial(), global_step, state, meta)
+
+  def latest_partial(self) -> dict[str, Any] | None:
+    """The sidecar of the latest mid-epoch checkpoint newer than every epoch checkpoint
+    (with its "global_step"), or None."""
+    partial = self._partial(create=False)
+    if partial is None:
+      return None
+    partial.reload()
+    step = partial.latest_step()
+    if step is None:
+      return None
+    meta = dict(partial.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    latest = self.latest_epoch()
+    if latest is not None and meta["epoch"] < latest:
+      return None
+    return {**meta, "global_step": step}
+
+  def restore_partial(self, template: PyTree, global_step: int) -> PyTree:
+    """The state of the mid-epoch checkpoint `global_step`, in the structure of `template`."""
+    restored = self._partial().restore(global_step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(template)))
+    return restored.state
 
   def latest_epoch(self) -> int | None:
     """Completed epochs of the last complete checkpoint, None when there is none."""
@@ -134,8 +196,10 @@ class Checkpointer:
     return restored.state, dict(restored.meta)
 
   def close(self) -> None:
-    """Waits for pending writes and releases the manager."""
+    """Waits for pending writes and releases the managers."""
     self._manager.close()
+    if self._partial_manager is not None:
+      self._partial_manager.close()
 
   def _resolve(self, epoch: int | None) -> int:
     epoch = self.latest_epoch() if epoch is None else epoch

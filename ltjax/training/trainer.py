@@ -242,8 +242,8 @@ def fit(model: Any, phases: Sequence[Phase],
         test_images: ArrayLike | None = None, test_labels: ArrayLike | None = None,
         test_data: stream_lib.StreamedDataset | None = None,
         eval_every: int = 1, eval_batch_size: int = 500, checkpoint_every: int = 1,
-        keep_checkpoints: int = 3, callbacks: Sequence[Callback] = (),
-        mesh: Mesh | None = None, progress: bool = True,
+        keep_checkpoints: int = 3, checkpoint_every_steps: int = 0,
+        callbacks: Sequence[Callback] = (), mesh: Mesh | None = None, progress: bool = True,
         stop_after: int | None = None, loop: str = "scan", drop_last: bool = True,
         init_variables: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]] | None = None
         ) -> FitResult:
@@ -265,6 +265,11 @@ def fit(model: Any, phases: Sequence[Phase],
     eval_batch_size: batch size of evaluation.
     checkpoint_every: save every this many epochs (and after the last).
     keep_checkpoints: checkpoints kept on disk.
+    checkpoint_every_steps: streamed training sets only: also save every this many
+      optimiser steps inside an epoch (`Checkpointer.save_partial`; 0: after epochs only).
+      A run resumed from such a checkpoint continues at its step and reads the batches the
+      uninterrupted run reads (every batch is a function of the seed and the global step),
+      so it ends with the same parameters.
     callbacks: objects with `on_epoch_end(epoch, train_metrics, eval_metrics)`.
     mesh: data-parallel mesh (axis "data"); state and data are replicated on it.
     progress: show a tqdm bar on stderr: steps, steps/s, ETA, images/s, loss, lr and the
@@ -287,12 +292,16 @@ def fit(model: Any, phases: Sequence[Phase],
   Raises:
     FloatingPointError: a non-finite loss (names the first bad global step); the bad state
       is not saved.
+    ValueError: checkpoint_every_steps < 0, or > 0 for an on-device training set.
   """
   bounds = _phase_bounds(phases)
   total = bounds[-1][1]
   end = total if stop_after is None else min(stop_after, total)
   counts = data.class_counts
   streamed = not isinstance(data, recipe_lib.DeviceDataset)
+  if checkpoint_every_steps < 0 or (checkpoint_every_steps and not streamed):
+    raise ValueError(f"checkpoint_every_steps={checkpoint_every_steps}: must be >= 0, and 0 "
+                     "for an on-device training set (its epoch is one compiled call).")
   if streamed:
     from ltjax.training import streamed as streamed_lib  # pylint: disable=import-outside-toplevel
     sample = np.zeros((1, *data.sample_shape()), np.uint8)
@@ -308,9 +317,9 @@ def fit(model: Any, phases: Sequence[Phase],
       state = streamed_lib.with_bank(state, data, phase.recipe, seed, mesh=None)
   ckpt = None if workdir is None else Checkpointer(
       workdir, save_every=checkpoint_every, keep=keep_checkpoints)
-  tracker, start_epoch = _Progress(), 0
-  if ckpt is not None and ckpt.latest_epoch() is not None:
-    state, start_epoch, tracker = _resume(ckpt, state, phases, counts)
+  tracker, start_epoch, resumed = _Progress(), 0, _Resumed()
+  if ckpt is not None:
+    state, start_epoch, tracker, resumed = _resume(ckpt, state, phases, counts)
   if mesh is not None:
     state = sharding.replicate(state, mesh)
     if not streamed:
@@ -323,7 +332,7 @@ def fit(model: Any, phases: Sequence[Phase],
   for p, (phase, (first, last)) in enumerate(zip(phases, bounds)):
     if last <= start_epoch or first >= end:
       continue
-    if p > 0 and first >= start_epoch:
+    if p > 0 and first >= start_epoch and not (first == start_epoch and resumed.epoch_step):
       state = _next_phase(state, phase, counts)
     make_epoch = (
         functools.partial(streamed_lib.make_streamed_epoch, eval_batch_size=eval_batch_size)
@@ -337,10 +346,19 @@ def fit(model: Any, phases: Sequence[Phase],
       evaluator = evaluation.make_eval_fn(model.apply, phase.recipe, eval_batch_size,
                                           normalize_fn, mesh=mesh)
     for epoch in range(max(first, start_epoch), min(last, end)):
-      first_step = int(state.step)
+      done_before = resumed.metrics if epoch == start_epoch else {}
+      first_step = int(state.step) - resumed.epoch_step * (epoch == start_epoch)
       bar.start_epoch(epoch)
-      state, step_metrics = train_epoch(state, epoch - first, bar.on_step)
-      step_metrics = jax.device_get(step_metrics)
+      if streamed:
+        save = None if ckpt is None or not checkpoint_every_steps else functools.partial(
+            ckpt.save_partial, epoch=epoch, phase=p, seed=seed,
+            metrics=dataclasses.asdict(tracker))
+        state, step_metrics = _streamed_epoch(
+            train_epoch, state, epoch - first, bar.on_step, done_before,
+            checkpoint_every_steps, save, first_step, epoch)
+      else:
+        state, step_metrics = train_epoch(state, epoch - first, bar.on_step)
+        step_metrics = jax.device_get(step_metrics)
       _check_finite(step_metrics["loss"], first_step, epoch)
       train = _epoch_summary(step_metrics)
       bar.end_epoch(train)
@@ -365,6 +383,34 @@ def fit(model: Any, phases: Sequence[Phase],
                    final_metrics=tracker.final, best_metrics=tracker.best,
                    best_epoch=tracker.best_epoch,
                    phase_states=(*state.phase_states, state.method_state))
+
+
+def _streamed_epoch(train_epoch: Any, state: TrainState, local_epoch: int,
+                    on_step: Callable[[Any], None], done_before: dict[str, np.ndarray],
+                    every: int, save: Callable[..., None] | None, first_step: int,
+                    epoch: int) -> tuple[TrainState, dict[str, np.ndarray]]:
+  """A streamed epoch from the step after `done_before`'s (a resumed mid-epoch checkpoint's
+  metrics), saving a mid-epoch checkpoint every `every` steps when `save` is given.
+
+  Returns the state and the per-step metrics of the whole epoch (host arrays).
+  """
+  start = len(next(iter(done_before.values()), ()))
+  total = train_epoch.steps_per_epoch
+  parts = [done_before] if start else []
+  bounds = [*range(start, total, every or total), total][1:] if save else [total]
+  for stop in bounds:
+    state, metrics = train_epoch(state, local_epoch, on_step, start=start, stop=stop)
+    parts.append(jax.device_get(metrics))
+    if stop < total:
+      so_far = _concat(parts)
+      _check_finite(so_far["loss"], first_step, epoch)  # never save a bad state
+      save(int(state.step), state, epoch_step=stop, step_metrics=so_far)
+    start = stop
+  return state, _concat(parts)
+
+
+def _concat(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[-1]}
 
 
 def _evaluate_stream(evaluator: evaluation.EvalFn, state: TrainState,
@@ -407,9 +453,26 @@ def phase_template(state: TrainState, phases: Sequence[Phase], phase: int,
   return state
 
 
+@dataclasses.dataclass(frozen=True)
+class _Resumed:
+  """Where a resumed run stands inside its epoch: steps done and their metrics."""
+  epoch_step: int = 0
+  metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
 def _resume(ckpt: Checkpointer, state: TrainState, phases: Sequence[Phase],
-            counts: jax.Array) -> tuple[TrainState, int, _Progress]:
-  """Restores the latest checkpoint into the structure of its phase (`phase_template`)."""
+            counts: jax.Array) -> tuple[TrainState, int, _Progress, _Resumed]:
+  """Restores the latest checkpoint into the structure of its phase (`phase_template`): a
+  mid-epoch one when it is newer than every epoch checkpoint (`latest_partial`), else the
+  latest epoch checkpoint, else `state` itself (a fresh run)."""
+  partial = ckpt.latest_partial()
+  if partial is not None:
+    template = phase_template(state, phases, partial["phase"], counts)
+    step_metrics = {k: np.asarray(v) for k, v in partial["step_metrics"].items()}
+    return (ckpt.restore_partial(template, partial["global_step"]), partial["epoch"],
+            _Progress(**partial["metrics"]), _Resumed(partial["epoch_step"], step_metrics))
+  if ckpt.latest_epoch() is None:
+    return state, 0, _Progress(), _Resumed()
   template = phase_template(state, phases, ckpt.metadata()["phase"], counts)
   state, meta = ckpt.restore(template)
-  return state, meta["epoch"], _Progress(**meta["metrics"])
+  return state, meta["epoch"], _Progress(**meta["metrics"]), _Resumed()

@@ -8,7 +8,9 @@ See experiments/train.py for what a run writes to its workdir.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import pathlib
 import time
 from typing import Any, Callable
 
@@ -30,6 +32,10 @@ from ltjax.training.checkpoint import Checkpointer
 NORMALIZATIONS = ("cifar", "cifar_stats", "cinic10", "half", "dataset", "imagenet",
                   "inat2018")
 STREAMED = "stream"  # config.input.pipeline of the datasets read by grain step by step
+# config.dataset.images of a streamed dataset: image files under image_root, or the TFDS
+# ArrayRecord records the split files name (ImageNet-LT: imagenet2012).
+IMAGE_FILES, IMAGE_TFDS = "files", "tfds"
+IMAGE_SOURCES = (IMAGE_FILES, IMAGE_TFDS)
 # The full CIFAR training sets' own mean / std, the `normalize="cifar_stats"` constants
 # (DBN-Mix code, data/dataloader.py `dataset_statistics`).
 CIFAR_STATS = {
@@ -187,6 +193,17 @@ def load_dataset(config: ml_collections.ConfigDict) -> ltdata.Dataset:
   """
   kwargs = config.dataset.to_dict()
   name = kwargs.pop("name")
+  images = kwargs.pop("images", IMAGE_FILES)
+  for key in ("tfds_name", "tfds_data_dir"):
+    kwargs.pop(key, None)
+  if images not in IMAGE_SOURCES:
+    raise UserError(f"Unknown config.dataset.images {images!r}; valid: "
+                    f"{', '.join(IMAGE_SOURCES)}.")
+  if images == IMAGE_TFDS:
+    if name != "imagenet_lt":
+      raise UserError(f"config.dataset.images='tfds' reads ImageNet-LT from TFDS "
+                      f"imagenet2012; TFDS has no {name} with the split's file names.")
+    kwargs["check_images"] = False
   on_device = [n for n in ltdata.DEFAULT_LONGTAIL if n != "toy2d"]
   if name == "toy2d":
     raise UserError("Dataset 'toy2d' is 2-D feature data, not images: see "
@@ -328,13 +345,34 @@ def streams(config: ml_collections.ConfigDict, ds: ltdata.FileListDataset):
   common = dict(num_classes=ds.num_classes, worker_count=i.worker_count,
                 prefetch=i.prefetch, eval_transforms=(pipeline.ResizeCenterCrop(
                     i.eval_resize, i.eval_size),))
-  train_set = stream.StreamedDataset(
-      pipeline.ImageFileSource(ds.train_paths, ds.train_labels, draft_size=draft),
-      ds.train_labels, transforms=tuple(train), **common)
-  test_set = stream.StreamedDataset(
-      pipeline.ImageFileSource(ds.test_paths, ds.test_labels, draft_size=draft),
-      ds.test_labels, **common)
+  train_source, test_source = image_sources(config, ds, draft)
+  train_set = stream.StreamedDataset(train_source, ds.train_labels, transforms=tuple(train),
+                                     **common)
+  test_set = stream.StreamedDataset(test_source, ds.test_labels, **common)
   return train_set, test_set
+
+
+def image_sources(config: ml_collections.ConfigDict, ds: ltdata.FileListDataset,
+                  draft: int | None):
+  """The grain sources of the training and test images: the files of the split lists, or
+  (config.dataset.images="tfds") the TFDS records they name (ImageNet-LT: `imagenet2012`
+  "train" and "validation", matched by file name; `ltjax.data.tfds_source`)."""
+  from ltjax.data import pipeline  # pylint: disable=import-outside-toplevel
+  if config.dataset.get("images", IMAGE_FILES) == IMAGE_FILES:
+    return (pipeline.ImageFileSource(ds.train_paths, ds.train_labels, draft_size=draft),
+            pipeline.ImageFileSource(ds.test_paths, ds.test_labels, draft_size=draft))
+  from ltjax.data import filelists, image_folder, tfds_source  # pylint: disable=import-outside-toplevel
+  decode = functools.partial(image_folder.decode_image, draft_size=draft)
+  split_dir = pathlib.Path(ds.meta["source"])
+  name, data_dir = config.dataset.tfds_name, config.dataset.get("tfds_data_dir")
+  train_file, test_file, _ = filelists.SPLIT_FILES[config.dataset.name]
+  try:
+    return tuple(tfds_source.split_file_source(
+        split_dir / split_file, tfds_source.tfds_data_source(name, split, data_dir=data_dir),
+        decode=decode) for split_file, split in ((train_file, "train"),
+                                                  (test_file, "validation")))
+  except (ImportError, ltdata.DataError) as e:
+    raise UserError(str(e)) from e
 
 
 def train_phases(config, model, phases, data, normalize_fn, ds, workdir, callbacks, mesh,

@@ -22,10 +22,10 @@ Rules (`experiments.train` and `experiments.compare` follow them for every run f
   function), `num_devices`, `jax_distributed` (where the same step runs), `methods`,
   `seeds` (experiments.compare's lists), `arg` (the config argument string; its effect is
   in the resolved fields, so `quick,method=erm` and `method=erm,quick` are one run),
-  `reproduces`, `source` (descriptions) and `dataset.data_dir` (where the files are read
-  from, not which data: dataset.json records the class counts). The run length
-  (`num_epochs`) is fingerprinted: it sets the schedule; `--stop_after` is a flag, not a
-  field.
+  `reproduces`, `source` (descriptions) and `dataset.data_dir`, `dataset.tfds_data_dir`
+  (where the files are read from, not which data: dataset.json records the class
+  counts). The run length (`num_epochs`) is fingerprinted: it sets the schedule;
+  `--stop_after` is a flag, not a field.
 - Lock. A process works in a workdir only while it holds `<workdir>/.lock`, created
   exclusively (write, then `os.link`) with its PID and host. A second process fails with
   "workdir <path> is in use by process N (host H)". The lock is removed on exit, exceptions
@@ -60,7 +60,7 @@ ON_MISMATCH = ("refuse", "fresh", "fork")
 EXCLUDED = ("eval_every", "eval_batch_size", "checkpoint_every", "checkpoint_every_steps",
             "keep_checkpoints", "progress", "plots", "analysis_draws", "loop", "num_devices",
             "jax_distributed", "methods", "seeds", "arg", "reproduces", "source",
-            "dataset.data_dir")
+            "dataset.data_dir", "dataset.tfds_data_dir")
 _ABSENT = "(absent)"
 
 

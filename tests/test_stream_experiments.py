@@ -9,6 +9,7 @@ subset, dual branches, the fine-tuning phase).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -92,4 +93,58 @@ def test_streamed_run_resumes_from_its_checkpoint(inat_dir, tmp_path):
 def test_a_file_list_dataset_needs_the_stream(inat_dir):
   config = config_for("erm", inat_dir, pipeline="device")
   with pytest.raises(runner.UserError, match="input.pipeline=stream"):
+    runner.load_dataset(config)
+
+
+def _jpeg(rng) -> bytes:
+  buffer = io.BytesIO()
+  pixels = rng.integers(0, 256, 3) + rng.normal(0, 25, (22, 26, 3))
+  Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG")
+  return buffer.getvalue()
+
+
+def test_imagenet_lt_trains_from_tfds_records_named_by_its_split_files(tmp_path, monkeypatch):
+  """`dataset.images=tfds`: the split files select TFDS imagenet2012 records by file name
+  (a fake `tfds.data_sources` here: the records of both splits, in another order, with
+  records the split files do not name), and no image file is read."""
+  from ltjax.data import filelists, tfds_source
+  rng = np.random.default_rng(0)
+  counts, splits, lines = (6, 3, 2, 1), {"train": [], "validation": []}, {}
+  for split, file, per_class in (("train", "ImageNet_LT_train.txt", counts),
+                                 ("validation", "ImageNet_LT_test.txt", (2,) * 4)):
+    names = [(f"n{k:08d}_{i}_{split}.JPEG", k) for k, n in enumerate(per_class)
+             for i in range(n)]
+    lines[file] = "".join(f"{split}/n{k:08d}/{name} {k}\n" for name, k in names)
+    records = [{"image": _jpeg(rng), "file_name": name.encode(), "label": np.int64(k)}
+               for name, k in names + [(f"unused_{split}_{i}.JPEG", 9) for i in range(3)]]
+    splits[split] = records[::-1]
+  for file, text in lines.items():
+    (tmp_path / file).write_text(text)
+  opened = []
+
+  def fake_data_source(name, split, *, data_dir=None, **_):
+    opened.append((name, split))
+    return splits[split]
+
+  monkeypatch.setattr(tfds_source, "tfds_data_source", fake_data_source)
+  # A 4-class ImageNet-LT (every class of a training set needs an image).
+  monkeypatch.setitem(filelists.SPLIT_FILES, "imagenet_lt",
+                      ("ImageNet_LT_train.txt", "ImageNet_LT_test.txt", 4))
+  module = compare.load_config_module(os.path.join(REPO, "experiments", "configs",
+                                                   "imagenet_lt.py"))
+  config = module.get_config("method=erm,quick=True,epochs=2")
+  with config.unlocked():
+    config.dataset.data_dir = str(tmp_path)
+    config.dataset.images = "tfds"
+    config.input.update(dict(train_size=16, eval_resize=18, eval_size=16, worker_count=0))
+    config.batch_size = 4
+    config.progress = False
+  results = runner.run(config, str(tmp_path / "run"), stop_after=1, log=lambda _: None)
+  assert results["final"]["top1"] is not None
+  assert opened == [("imagenet2012", "train"), ("imagenet2012", "validation")]
+  info = reporting.read_json(str(tmp_path / "run" / "dataset.json"))
+  assert info["train_counts"] == list(counts) and info["test_counts"] == [2] * 4
+  with config.unlocked():
+    config.dataset.images = "bucket"
+  with pytest.raises(runner.UserError, match="valid: files, tfds"):
     runner.load_dataset(config)

@@ -8,9 +8,13 @@ https://github.com/zhmiao/OpenLongTailRecognition-OLTR), and
 start from: ROOT/train/n01440764/n01440764_10026.JPEG for the training list and
 ROOT/val/n01440764/ILSVRC2012_val_00000293.JPEG for the test list (the validation images
 sorted into one folder per synset). The class profile comes with the split files (the
-`rho` argument is unused). The images can also come from TFDS `imagenet2012` (ArrayRecord):
-`ltjax.data.tfds_source.split_file_source(split_file, tfds_data_source("imagenet2012",
-"train" | "validation"))` selects the split file's images by file name.
+`rho` argument is unused). The images can instead come from TFDS `imagenet2012` prepared
+in ArrayRecord format (`tfds build imagenet2012 --file_format=array_record`;
+`pip install 'ltjax[tfds]'`): `--config.dataset.images=tfds` (optionally
+`--config.dataset.tfds_data_dir=DIR`) reads the records of its "train" and "validation"
+splits that the split files name, matched by file name
+(`ltjax.data.tfds_source.split_file_source`; indexing the 1.28 M names takes minutes at the
+start of a run), decoded in the grain workers; `dataset.image_root` is then unused.
 
 Input (`input.pipeline="stream"`, grain; `common.STREAM_INPUT`): RandomResizedCrop to 224
 (scale (0.08, 1), ratio (3/4, 4/3)), horizontal flip, ColorJitter 0.4 (brightness,
@@ -52,9 +56,12 @@ Usage:
 Arguments: method, protocol (paper|code), seed, epochs (rescales the protocol), quick.
 """
 
+import ml_collections
+
 from experiments.configs import common
 
-DATASET = {"name": "imagenet_lt"}
+DATASET = {"name": "imagenet_lt", "images": "files", "tfds_name": "imagenet2012",
+           "tfds_data_dir": ml_collections.config_dict.placeholder(str)}
 BASE = common.protocols.merge(common.STREAM_BASE, {
     "num_epochs": 90,
     "batch_size": 256,

@@ -53,9 +53,10 @@ def read_split_file(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
   return paths, np.array(labels, np.int32)
 
 
-def _absolute(root: pathlib.Path, relative: Sequence[str]) -> tuple[str, ...]:
+def _absolute(root: pathlib.Path, relative: Sequence[str], check: bool = True
+              ) -> tuple[str, ...]:
   paths = tuple(str(root / p) for p in relative)
-  if paths and not pathlib.Path(paths[0]).is_file():
+  if check and paths and not pathlib.Path(paths[0]).is_file():
     raise FileNotFoundError(f"Image {paths[0]} (first entry of the split) not found under "
                             f"the image root {root}; pass image_root=<folder holding the "
                             "images>.")
@@ -64,7 +65,8 @@ def _absolute(root: pathlib.Path, relative: Sequence[str]) -> tuple[str, ...]:
 
 def load_split_lists(name: str, split_dir: str | os.PathLike,
                      image_root: str | os.PathLike | None = None,
-                     class_names: Sequence[str] | None = None) -> FileListDataset:
+                     class_names: Sequence[str] | None = None,
+                     check_images: bool = True) -> FileListDataset:
   """ImageNet-LT or Places-LT from its split files.
 
   Args:
@@ -72,6 +74,8 @@ def load_split_lists(name: str, split_dir: str | os.PathLike,
     split_dir: folder with the `<Name>_LT_train.txt` / `<Name>_LT_test.txt` files.
     image_root: folder the relative paths are relative to (default `split_dir`).
     class_names: names of the classes (default "0", "1", ...).
+    check_images: check that the first image exists under the image root (False when the
+      images come from elsewhere, e.g. TFDS: `ltjax.data.tfds_source.split_file_source`).
   """
   train_file, test_file, num_classes = SPLIT_FILES[name]
   split_dir = pathlib.Path(split_dir)
@@ -80,8 +84,8 @@ def load_split_lists(name: str, split_dir: str | os.PathLike,
   test_rel, test_labels = read_split_file(split_dir / test_file)
   names = tuple(class_names) if class_names is not None else tuple(
       str(k) for k in range(num_classes))
-  return FileListDataset(_absolute(root, train_rel), train_labels,
-                         _absolute(root, test_rel), test_labels, names,
+  return FileListDataset(_absolute(root, train_rel, check_images), train_labels,
+                         _absolute(root, test_rel, check_images), test_labels, names,
                          meta={"source": str(split_dir), "root": str(root), "kind": "files",
                                "split_files": [train_file, test_file]})
 

@@ -9,7 +9,9 @@ horizontal flip, ColorJitter(0.4, 0.4, 0.4), and batch `--batch_size` images:
 - ltjax: `ltjax.data.pipeline.make_loader` over an `ImageFileSource` (full-size decode, or
   `draft_size=--size`: JPEG DCT scaling), with a `ClassLawSampler` (class-balanced) or
   grain's shuffled `IndexSampler`, and `pipeline.train_transforms`; batches of uint8
-  (B, H, W, C), normalised later on the device.
+  (B, H, W, C), normalised later on the device. `ltjax_stream*`: what training reads
+  through, `ltjax.data.stream.epoch_feeds` of a `StreamedDataset` (every step's shuffled
+  clean batch, as ERM's `fit` reads it; grain `mp_prefetch` workers).
 - torch: `torchvision.datasets.ImageFolder` + `DataLoader(shuffle)` with
   `RandomResizedCrop`, `RandomHorizontalFlip`, `ColorJitter` on PIL images and
   `PILToTensor`: batches of uint8 (B, C, H, W), the same output (`ToTensor` + `Normalize`,
@@ -55,7 +57,7 @@ from ltjax.data.image_folder import decode_image
 class Config(NamedTuple):
   """One pipeline of the comparison."""
   framework: str  # "ltjax" or "torch"
-  sampler: str = "index"  # ltjax: "index" (shuffled IndexSampler) or "class_law"
+  sampler: str = "index"  # ltjax: "index" (shuffled IndexSampler), "class_law" or "stream"
   draft: bool = False  # ltjax: ImageFileSource(draft_size=size)
 
 
@@ -65,7 +67,12 @@ CONFIGS = {
     "ltjax_index_draft": Config("ltjax", draft=True),
     "ltjax_class_law": Config("ltjax", "class_law"),
     "ltjax_class_law_draft": Config("ltjax", "class_law", draft=True),
+    "ltjax_stream": Config("ltjax", "stream"),
+    "ltjax_stream_draft": Config("ltjax", "stream", draft=True),
 }
+
+
+STREAM_PASSES = 50  # passes over the files in the streamed path's one timed epoch
 
 
 # --- The synthetic image folder --------------------------------------------------------------
@@ -109,6 +116,8 @@ def ltjax_batches(config: Config, paths: Sequence[str], labels: np.ndarray,
   """Sizes of the batches of ltjax's loader, endless."""
   source = pipeline.ImageFileSource(paths, labels,
                                     draft_size=args.size if config.draft else None)
+  if config.sampler == "stream":
+    return stream_batches(source, labels, args, workers, seed)
   if config.sampler == "class_law":
     sampler = pipeline.ClassLawSampler(labels, args.num_classes, "class_balanced", seed=seed)
   else:
@@ -117,6 +126,27 @@ def ltjax_batches(config: Config, paths: Sequence[str], labels: np.ndarray,
                                 transforms=pipeline.train_transforms(args.size, 0.4),
                                 worker_count=workers)
   return (batch["image"].shape[0] for batch in loader)
+
+
+def stream_batches(source: pipeline.ImageFileSource, labels: np.ndarray,
+                   args: argparse.Namespace, workers: int, seed: int) -> Iterator[int]:
+  """Sizes of the clean batches `stream.epoch_feeds` reads for training, endless.
+
+  One long "epoch" of `STREAM_PASSES` shuffled passes over the files, so that the timing is
+  the steady state of a real epoch (thousands of steps), not the start-up of grain's worker
+  processes, which every epoch pays once (`stream.epoch_feeds` starts them).
+  """
+  from ltjax.data import stream  # pylint: disable=import-outside-toplevel
+  data = stream.StreamedDataset(source, labels, args.num_classes,
+                                transforms=tuple(pipeline.train_transforms(args.size, 0.4)),
+                                worker_count=workers)
+  rng = np.random.default_rng(seed)
+  order = np.concatenate([rng.permutation(len(labels)) for _ in range(STREAM_PASSES)])
+  steps = len(order) // args.batch_size
+  rows = tuple(order[i * args.batch_size:(i + 1) * args.batch_size] for i in range(steps))
+  plan = stream.EpochPlan(seed=seed, rows=rows, first_step=0, laws=(), refill=0)
+  for fed in stream.epoch_feeds(data, plan, 0, None):
+    yield fed.clean.images.shape[0]
 
 
 def torch_batches(root: str, args: argparse.Namespace, workers: int, seed: int,

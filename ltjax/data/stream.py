@@ -39,6 +39,7 @@ except ImportError as e:  # grain is an extra (pyproject.toml: the dependency ru
   raise ImportError("ltjax.data.stream needs grain: pip install 'ltjax[grain]'.") from e
 import jax
 import numpy as np
+from absl import flags
 
 from ltjax import feed as feed_lib
 from ltjax import recipe as recipe_lib
@@ -287,5 +288,7 @@ def _prefetched(dataset: grain.MapDataset, data: StreamedDataset) -> Iterator[An
   it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(data.read_threads, 1),
                                                  prefetch_buffer_size=max(data.prefetch, 1)))
   if data.worker_count:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (`make_loader`)
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.worker_count))
   return iter(it)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import pathlib
 import time
@@ -104,11 +105,12 @@ def resolve(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe
 
 
 def model_name(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe) -> str:
-  """config.model.name, switched to its dual-branch form for two-branch methods."""
-  name = config.model.name
-  dual = f"dual_{name}"
-  if rcp.requirements().branches == 2 and not name.startswith("dual_") and dual in models.MODELS:
-    return dual
+  """config.model.name, switched to its dual-branch form for two-branch methods and to its
+  multi-expert form (e.g. resnet50 -> ride_resnet50) for RIDE methods."""
+  name, needs = config.model.name, rcp.requirements()
+  prefix = "dual_" if needs.branches == 2 else "ride_" if needs.experts else None
+  if prefix and not name.startswith(prefix) and prefix + name in models.MODELS:
+    return prefix + name
   return name
 
 
@@ -130,7 +132,9 @@ def check_setup(config: ml_collections.ConfigDict, num_classes: int,
   rcp = build_recipe(config)
   try:
     model = build_model(config, rcp, num_classes)
-    ltmethods.check_compatible(rcp, model, np.zeros((1,) + tuple(sample_shape), np.float32))
+    sample = np.zeros((1,) + tuple(sample_shape), np.float32)
+    for phase in phase_recipes(config, rcp):
+      ltmethods.check_compatible(phase, model, sample)
   except ValueError as e:
     raise UserError(str(e)) from e
   return rcp, model
@@ -257,47 +261,90 @@ def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
   return schedules.get_schedule(s.name, base_lr=config.optim.lr)
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
-  """The steps `fit` takes per epoch: N // B, or ceil(N / B) without drop_last.
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int,
+                    batch_size: int | None = None, field: str = "config.batch_size") -> int:
+  """The steps `fit` takes per epoch at `batch_size` (default config.batch_size): N // B,
+  or ceil(N / B) without drop_last.
 
   Raises:
     UserError: a batch larger than the training set with drop_last (no step per epoch).
   """
-  steps = loop.steps_per_epoch(num_train, config.batch_size, config.get("drop_last", True))
+  batch = batch_size or config.batch_size
+  steps = loop.steps_per_epoch(num_train, batch, config.get("drop_last", True))
   if steps < 1:
-    raise UserError(f"config.batch_size={config.batch_size} is larger than the training set "
-                    f"({num_train} images) and config.drop_last drops the partial batch: "
-                    "no step per epoch. Lower batch_size or set --config.drop_last=False.")
+    raise UserError(f"{field}={batch} is larger than the training set ({num_train} images) "
+                    "and config.drop_last drops the partial batch: no step per epoch. Lower "
+                    f"{field} or set --config.drop_last=False.")
   return steps
 
 
 def build_phases(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe,
                  num_train: int) -> list[trainer.Phase]:
-  """The main phase, then the recipe's extra phases (`Requirements.extra_phases`, e.g.
-  CP-Mix's classifier fine-tuning) when config.finetune.num_epochs > 0.
+  """The main phase, then the recipe's extra phases (`Requirements.extra_phases`: CP-Mix's
+  classifier fine-tuning, RIDE's routing stage) when config.finetune.num_epochs > 0.
 
   The main schedule counts the steps `fit` takes (`steps_per_epoch`); an extra phase trains
-  config.finetune.num_epochs epochs at the constant config.finetune.lr, on the parameters
-  and with the BatchNorm statistics its recipe's requirements name.
+  config.finetune.num_epochs epochs with config.finetune's optimiser (`extra_phase`). Each
+  phase updates the parameters its recipe's requirements name (`optim.phase_mask`).
   """
   o = config.optim
+  _, *extra = phase_recipes(config, rcp)
   main = trainer.Phase(rcp, config.num_epochs, optim.sgd(
       lr_schedule(config, steps_per_epoch(config, num_train)), momentum=o.momentum,
-      nesterov=o.nesterov, weight_decay=o.weight_decay))
-  ft = config.finetune
-  extra = rcp.requirements().extra_phases if ft.num_epochs > 0 else ()
-  return [main, *(extra_phase(config, follow_up) for follow_up in extra)]
+      nesterov=o.nesterov, weight_decay=o.weight_decay, trainable=phase_mask(rcp)))
+  return [main, *(extra_phase(config, follow_up, num_train) for follow_up in extra)]
 
 
-def extra_phase(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe) -> trainer.Phase:
-  """A phase after the main one: config.finetune's optimiser on what `rcp` trains."""
+def phase_recipes(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe
+                  ) -> list[recipe_lib.Recipe]:
+  """The recipes of the run's phases: `rcp`, then its extra phases when
+  config.finetune.num_epochs > 0."""
+  extra = rcp.requirements().extra_phases if config.finetune.num_epochs > 0 else ()
+  return [rcp, *extra]
+
+
+def phase_mask(rcp: recipe_lib.Recipe):
+  """The trainable mask of a recipe's requirements (None: every parameter)."""
+  needs = rcp.requirements()
+  return optim.phase_mask(needs.trainable, needs.frozen)
+
+
+def extra_phase(config: ml_collections.ConfigDict, rcp: recipe_lib.Recipe,
+                num_train: int) -> trainer.Phase:
+  """A phase after the main one: config.finetune's optimiser on what `rcp` trains.
+
+  config.finetune: num_epochs, lr, momentum, weight_decay, nesterov, batch_size (0: the
+  run's) and schedule: "constant", or "cosine_epoch" (PyTorch's `CosineAnnealingLR(T_max=
+  num_epochs)` stepped once per epoch: lr (1 + cos(pi e / E)) / 2 in epoch e; RIDE's
+  routing stage).
+  """
   ft, needs = config.finetune, rcp.requirements()
-  trainable = None if needs.trainable is None else optim.path_mask(needs.trainable)
+  batch = ft.get("batch_size", 0) or config.batch_size
+  steps = steps_per_epoch(config, num_train, batch, "config.finetune.batch_size")
   return trainer.Phase(
       rcp, ft.num_epochs,
-      optim.sgd(schedules.constant(ft.lr), momentum=ft.momentum,
-                weight_decay=ft.weight_decay, trainable=trainable),
-      train_batch_stats=needs.train_batch_stats)
+      optim.sgd(finetune_schedule(ft, steps), momentum=ft.momentum,
+                nesterov=ft.get("nesterov", False), weight_decay=ft.weight_decay,
+                trainable=phase_mask(rcp)),
+      train_batch_stats=needs.train_batch_stats,
+      batch_size=None if batch == config.batch_size else batch)
+
+
+FINETUNE_SCHEDULES = ("constant", "cosine_epoch")
+
+
+def finetune_schedule(ft: ml_collections.ConfigDict, steps_per_epoch: int):
+  """config.finetune's learning-rate schedule (see `extra_phase`)."""
+  name = ft.get("schedule", "constant")
+  if name not in FINETUNE_SCHEDULES:
+    raise UserError(f"config.finetune.schedule={name!r}; valid: "
+                    f"{', '.join(FINETUNE_SCHEDULES)}.")
+  epochs = tuple(range(1, ft.num_epochs)) if name == "cosine_epoch" else ()
+  if not epochs:
+    return schedules.constant(ft.lr)
+  return schedules.warmup_multistep(
+      ft.lr, steps_per_epoch, 0, epochs,
+      tuple(0.5 * (1.0 + math.cos(math.pi * e / ft.num_epochs)) for e in epochs))
 
 
 def make_mesh(config: ml_collections.ConfigDict):
@@ -567,8 +614,7 @@ def _report(config, workdir, fields, setup, result, rows, times, log):
            "best_top1": (result.best_metrics or {}).get("top1")}
   if config.plots and writes:
     write_plots(workdir, final, ds, config)
-    if not streamed(config):  # the views redraw batches from the on-device training set
-      extra["method_view"] = method_view(config, workdir, setup, result)
+    extra["method_view"] = method_view(config, workdir, setup, result)
   results = reporting.summarize_run(rows, final, ds.class_names, ds.train_counts, times,
                                     extra)
   results["protocol"] = protocol_info(config)
@@ -589,7 +635,9 @@ def method_view(config: ml_collections.ConfigDict, workdir: str, setup: _Setup,
 
   They run on one device's copy of the trained variables and method state, so that
   process 0 computes them alone in a multi-process run (the trained arrays span every
-  process).
+  process). A streamed run gives the views no training set: those that redraw training
+  batches (OTmix's pair statistics) are left out, the others (label occurrence,
+  temperatures, CP-Mix's confusion pairs) read only the class counts and method state.
   """
   from experiments import analysis  # pylint: disable=import-outside-toplevel
   state = result.state
@@ -598,7 +646,8 @@ def method_view(config: ml_collections.ConfigDict, workdir: str, setup: _Setup,
   return analysis.method_views(setup.rcp, analysis.RunData(
       workdir=workdir, counts=setup.ds.train_counts, class_names=list(setup.ds.class_names),
       seed=config.seed, num_draws=config.analysis_draws, method_state=method_state,
-      model=(setup.model.apply, params, batch_stats), data=setup.data,
+      model=(setup.model.apply, params, batch_stats),
+      data=None if streamed(config) else setup.data,
       normalize_fn=setup.normalize_fn, batch_size=config.batch_size))
 
 

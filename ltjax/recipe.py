@@ -39,7 +39,7 @@ class Hyperparameters:
   runs that differ only in them compile once. Unflattening bypasses `__init__` (no
   validation of traced values); validation runs when a recipe is constructed.
   """
-  EPOCH_FIELDS = ("drw_epoch", "defer_epoch", "stage2_epoch")
+  EPOCH_FIELDS = ("drw_epoch", "defer_epoch", "stage2_epoch", "diversity_epoch")
 
   def __init_subclass__(cls, **kwargs):
     super().__init_subclass__(**kwargs)
@@ -357,8 +357,14 @@ class Requirements:
       per independent batch of one law); a streamed input pipeline feeds exactly these.
     trainable: names of the modules whose parameters the recipe trains (`optim.path_mask`);
       None: all of them.
+    frozen: names of modules the recipe must not update (`optim.phase_mask`), e.g. RIDE's
+      routers while the experts train (they have no gradient, but weight decay and
+      momentum would move them).
     train_batch_stats: False when the recipe runs the model in inference mode, so that its
       phase keeps the BatchNorm statistics fixed.
+    experts: the loss trains a multi-expert model (RIDE, `ltjax.methods.ride`): the model
+      must output "expert_logits" (E, B, K), e.g. ride_resnet32.
+    outputs: further model outputs the loss reads (RIDE's routing stage: "router_logits").
     extra_phases: recipes of the phases that follow this one (CP-Mix: the classifier
       fine-tuning); their optimiser settings are the caller's.
   """
@@ -369,8 +375,11 @@ class Requirements:
   mix_layers: tuple[int, ...] = ()
   draws: tuple[samplers.Law, ...] = ()
   trainable: tuple[str, ...] | None = None
+  frozen: tuple[str, ...] = ()
   train_batch_stats: bool = True
   extra_phases: tuple[Recipe, ...] = ()
+  experts: bool = False
+  outputs: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.branches not in (1, 2):

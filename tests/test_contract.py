@@ -317,9 +317,10 @@ EXPECTED_VIEWS = {
                     "smote_mix", "smote_mix_drw", "neighbor_mix", "neighbor_mix_drw",
                     "lobm", "lobm_star")},
     **{name: ("label_occurrence_view", "temperature_view") for name in ("sbn_mix", "dbn_mix")},
-    "cp_mix": ("confusion_pair_view",),
+    **{name: ("confusion_pair_view",) for name in ("cp_mix", "cp_mix_ride")},
     **{name: ("ot_pair_view",)
-       for name in ("cmo", "otmix", "otmix_drw", "otmix_balms", "otmix_ldam", "otmix_saliency")},
+       for name in ("cmo", "otmix", "otmix_drw", "otmix_balms", "otmix_ldam", "otmix_saliency",
+                    "ride_cmo", "otmix_ride")},
 }
 
 

@@ -23,6 +23,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)
 OTMIX = ("otmix", "otmix_drw", "otmix_balms", "otmix_ldam", "otmix_saliency")
 BILATERAL = ("dbn_mix", "sbn_mix")
+RIDE_FAMILY = ("ride", "ride_ea", "ride_cmo", "otmix_ride", "cp_mix_ride")
 
 
 def config(dataset: str, arg: str = ""):
@@ -35,6 +36,12 @@ def config(dataset: str, arg: str = ""):
 # "resize" resize to 256 x 256 + random 224 crop (DBN-Mix sec. 4.2; CP-Mix B.2.2).
 
 def paper_row(dataset: str, method: str, kind: str) -> tuple:
+  if method in RIDE_FAMILY and dataset != "places_lt":
+    # RIDE configs config_imagenet_lt_resnet50_ride.json / config_iNaturalist_resnet50_ride.json
+    # (100 epochs, wd 2e-4; batch 256 / 512, lr 0.1 / 0.2); its loaders' jitter (0.4 / none).
+    if dataset == "imagenet_lt":
+      return ("resnet50", 256, 100, 0.1, 2e-4, "rrc", 0.4)
+    return ("resnet50", 512, 100, 0.2, 2e-4, "rrc", 0.0)
   if dataset == "imagenet_lt":
     if method in ("lobm", "lobm_star"):  # LOBM sec. 4.2: ResNet-10, 90 epochs, lr 0.2
       return ("resnet10", 256, 90, 0.2, 2e-4, "rrc", 0.4)

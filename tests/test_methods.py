@@ -580,7 +580,7 @@ def test_cmo_pastes_one_foreground_box_and_labels_by_its_area():
 # ----------------------------------------------------------------------------- registry
 
 def test_registry_names_and_epoch_defaults():
-  assert len(methods.METHODS) == 26
+  assert len(methods.METHODS) == 31
   for name in methods.METHODS:
     r = methods.get_recipe(name, num_epochs=200)
     assert r.name == name
@@ -649,6 +649,16 @@ def test_check_compatible():
   with pytest.raises(ValueError, match="normalised"):
     methods.check_compatible(get("ldam_drw"), single)
   methods.check_compatible(get("ldam_drw"), models_lib.small_cnn(K, head="normalized"))
+  ride_model = models_lib.ride_small_cnn(K, head="normalized", widths=(8, 16))
+  for name in ("ride", "ride_ea", "ride_cmo", "otmix_ride", "cp_mix_ride"):
+    methods.check_compatible(get(name), ride_model)
+    methods.check_compatible(get(name), ride_model, x)
+    with pytest.raises(ValueError, match="multi-expert model"):
+      methods.check_compatible(get(name), models_lib.small_cnn(K, head="normalized"), x)
+    with pytest.raises(ValueError, match="multi-expert model"):
+      methods.check_compatible(get(name), models_lib.small_cnn(K, head="normalized"))
+  # Without RIDE's flag a recipe trains a multi-expert model too (RIDE's loss, not required).
+  methods.check_compatible(get("ldam_drw"), ride_model, x)
 
 
 # ----------------------------------------------------------------------------- draw laws

@@ -2,7 +2,8 @@
 
 A tiny long-tailed problem (K = 4 classes of 8x8 grey images, each class a bright block at
 its own position plus noise; 64/32/16/8 training images, 32 test images per class) and a
-small MLP (SmallCNNs for DBN-Mix and manifold mixup). Four epochs exercise every epoch
+small MLP (SmallCNNs for DBN-Mix and manifold mixup, a two-expert SmallCNN for the RIDE
+methods). Four epochs exercise every epoch
 switch (DRW, LOBM* deferral, CP-Mix stage 2, OTmix's OT epochs); each run must stay finite
 and beat chance on the balanced test set. CP-Mix adds its frozen-backbone fine-tuning phase.
 """
@@ -42,9 +43,12 @@ def normalize(images):
 
 def model_and_lr(recipe_):
   """MLP at lr 0.05; the dual-branch CNN (BatchNorm, 28 steps) needs lr 0.2 to get going,
-  and so does the SmallCNN that manifold mixup mixes the hidden states of."""
+  and so does the SmallCNN that manifold mixup mixes the hidden states of; the two-expert
+  SmallCNN of the RIDE methods trains at lr 0.1."""
   if recipe_.branches == 2:
     return models.dual_small_cnn(K, head=recipe_.head, widths=(8, 16)), 0.2
+  if recipe_.requirements().experts:  # RIDE: two experts on a shared first stage
+    return models.ride_small_cnn(K, head=recipe_.head, num_experts=2, widths=(8, 16)), 0.1
   if recipe_.requirements().mix_layers:
     return models.small_cnn(K, head=recipe_.head, widths=(8, 16)), 0.2
   return models.mlp(K, head=recipe_.head, hidden=(32,)), 0.05
@@ -52,7 +56,17 @@ def model_and_lr(recipe_):
 
 @pytest.mark.parametrize("name", methods.METHODS)
 def test_method_trains_end_to_end(name):
-  recipe_ = methods.get_recipe(name, num_epochs=EPOCHS)
+  train_and_check(name, methods.get_recipe(name, num_epochs=EPOCHS))
+
+
+@pytest.mark.parametrize("name", ["sbn_mix", "manifold_mixup"])
+def test_other_single_branch_recipes_train_ride_experts(name):
+  """RIDE is a base for every single-branch recipe (issue: "usable with every
+  single-branch recipe"), not only for the registered combinations."""
+  train_and_check(name, methods.get_recipe(name, num_epochs=EPOCHS, multi_expert=True))
+
+
+def train_and_check(name, recipe_):
   model, lr = model_and_lr(recipe_)
   methods.check_compatible(recipe_, model, normalize(TRAIN[0][:2]))
   images, labels = TRAIN

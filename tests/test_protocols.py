@@ -21,12 +21,16 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DATASETS = ("cifar10_lt", "cifar100_lt", "fashion_mnist_lt", "digits_lt", "imagenet_lt",
             "places_lt", "inat2018")
 KINDS = ("paper", "code")
-RECIPE_KEYS = ("drw_epoch", "defer_epoch", "stage2_epoch", "alpha", "gamma_cp", "gamma_mix",
-               "eta", "eps", "layers")
+RECIPE_KEYS = ("drw_epoch", "defer_epoch", "stage2_epoch", "diversity_epoch", "alpha",
+               "gamma_cp", "gamma_mix", "eta", "eps", "layers")
 MANIFOLD_LAYERS = (0, 1, 2)  # Verma et al. 2019, sec. 5.1: the input and two stage outputs
 MIXUP = ("mixup", "remix", "mamix", "smote_mix", "neighbor_mix")
 OTMIX = ("otmix", "otmix_drw", "otmix_balms", "otmix_ldam", "otmix_saliency")
 OTMIX_DRW = ("otmix_drw", "otmix_ldam")
+# RIDE (Wang et al. 2021) and the combinations the seed papers report (OTmix Table 1: RIDE +
+# CMO, RIDE + OTmix; CP-Mix Table 1: CP-Mix + RIDE).
+RIDE = ("ride", "ride_ea", "ride_cmo", "otmix_ride", "cp_mix_ride")
+RIDE_NESTEROV = ("ride", "ride_ea", "ride_cmo", "cp_mix_ride")  # RIDE's (CP-Mix B.3.1)
 
 
 def config(dataset, arg):
@@ -74,10 +78,37 @@ def cifar(kind, eta=3.0, finetune_lr=0.1):
   otmix = row(240, (100, 160, 200), (0.1, 0.01, 1e-4), 0, alpha=4.0)
   table.update({name: otmix for name in OTMIX})
   table.update({name: with_recipe(otmix, drw_epoch=160) for name in OTMIX_DRW})
+  # RIDE's CIFAR config: LDAM-DRW, DRW and class temperatures from 160 of 200, RIDE's
+  # LDAM-DRW schedule; + CMO's mixing; OTmix + RIDE on OTmix's stated CIFAR schedule (DRW at
+  # 160 as otmix_ldam); CP-Mix + RIDE (CP-Mix B.3.1): RIDE's 200 epochs, stage 2 the last
+  # third ("two over three of the whole training time is stage 1"), no fine-tuning.
+  table["ride"] = with_recipe(ldam, drw_epoch=160, diversity_epoch=160)
+  # + the routing stage: config_imbalance_cifar100_ride_ea.json, 5 epochs at lr 0.01.
+  table["ride_ea"] = {**table["ride"], "finetune": (5, 0.01)}
+  table["ride_cmo"] = with_recipe(ldam, alpha=1.0, drw_epoch=160, diversity_epoch=160)
+  table["otmix_ride"] = with_recipe(otmix, drw_epoch=160, diversity_epoch=160)
+  table["cp_mix_ride"] = with_recipe(ldam, alpha=1.5, gamma_cp=2.5, gamma_mix=2.5,
+                                     stage2_epoch=133, diversity_epoch=160)
   return table
 
 
-def large(kind, base, *, drw, alpha, dbn, lobm, defer, cp_mix, otmix=None):
+def large_ride(base, drw):
+  """Places-LT states no RIDE protocol: the RIDE methods take the dataset's base recipe,
+  with DRW from its last decay and the CIFAR protocol's diversity / stage-2 epochs (and
+  the routing stage's 5 of 200 epochs) rescaled to the run."""
+  n = base["epochs"]
+  ride = with_recipe(base, drw_epoch=drw, diversity_epoch=n * 160 // 200)
+  return {"ride": ride, "ride_ea": {**ride, "finetune": (max(1, n * 5 // 200), 0.01)},
+          "ride_cmo": with_recipe(base, alpha=1.0, drw_epoch=drw,
+                                  diversity_epoch=n * 160 // 200),
+          "otmix_ride": with_recipe(base, alpha=4.0, drw_epoch=drw,
+                                    diversity_epoch=n * 160 // 240),
+          "cp_mix_ride": with_recipe(base, alpha=1.5, gamma_cp=2.5, gamma_mix=2.5,
+                                     stage2_epoch=n * 133 // 200,
+                                     diversity_epoch=n * 160 // 200)}
+
+
+def large(kind, base, *, drw, alpha, dbn, lobm, defer, cp_mix, otmix=None, ride=None):
   """A large dataset: every method on `base` with DRW from its last decay and mixup alpha
   `alpha`, except where the papers give the method its own recipe."""
   table = {"erm": base, "balanced_softmax": base, "drw": with_recipe(base, drw_epoch=drw),
@@ -98,7 +129,20 @@ def large(kind, base, *, drw, alpha, dbn, lobm, defer, cp_mix, otmix=None):
     otmix = {**otmix, "warmup": 5}  # OTmix code, large datasets: 5-epoch warm-up
   table.update({name: with_recipe(otmix, alpha=4.0) for name in OTMIX})
   table.update({name: with_recipe(otmix, alpha=4.0, drw_epoch=drw) for name in OTMIX_DRW})
+  table.update(large_ride(base, drw) if ride is None else ride)
   return table
+
+
+def ride_resnet50():
+  """RIDE's configs for ImageNet-LT and iNaturalist 2018 (config_*_resnet50_ride.json):
+  100 epochs, 5-epoch warm-up, x0.1 at 60, x0.01 at 80, DRW and temperatures from 80; the
+  routing stage 5 epochs at lr 0.01 (*_ride_ea.json); CP-Mix + RIDE's stage 2 at 2/3."""
+  r = with_recipe(row(100, (60, 80), (0.1, 0.01), 5), diversity_epoch=80)
+  ride = with_recipe(r, drw_epoch=80)
+  return {"ride": ride, "ride_ea": {**ride, "finetune": (5, 0.01)},
+          "ride_cmo": with_recipe(ride, alpha=1.0), "otmix_ride": with_recipe(ride, alpha=4.0),
+          "cp_mix_ride": with_recipe(r, alpha=1.5, gamma_cp=2.5, gamma_mix=2.5,
+                                     stage2_epoch=66)}
 
 
 def expected(dataset, kind):
@@ -114,7 +158,7 @@ def expected(dataset, kind):
                  lobm=row(90, (), (), 0), defer=60,
                  cp_mix=row(180, (), (), 0, finetune=(10, 0.5), alpha=3.0, gamma_cp=1.0,
                             gamma_mix=1.0, stage2_epoch=120),
-                 otmix=row(200, (40, 80, 160), (0.1, 0.01, 1e-4), 0))
+                 otmix=row(200, (40, 80, 160), (0.1, 0.01, 1e-4), 0), ride=ride_resnet50())
   if dataset == "places_lt":  # CP-Mix B.3.3 for every method
     base = row(30, (5, 15), (0.1, 0.01), 0)
     return large(kind, base, drw=15, alpha=1.0, dbn={"alpha": 1.0, "eta": 3.0, "eps": 0.6},
@@ -127,8 +171,15 @@ def expected(dataset, kind):
                  dbn={"alpha": 0.2, "eta": 10.0, "eps": 0.02}, lobm=base, defer=120,
                  cp_mix=row(100, (60, 80), (0.1, 0.01), 10, finetune=(10, 3.0), alpha=1.0,
                             gamma_cp=1.0, gamma_mix=1.0, stage2_epoch=50),
-                 otmix=row(210, (30, 80, 130, 180), (0.1, 0.01, 1e-3, 1e-4), 0))
+                 otmix=row(210, (30, 80, 130, 180), (0.1, 0.01, 1e-3, 1e-4), 0),
+                 ride=ride_resnet50())
   raise KeyError(dataset)
+
+
+def nested(rcp, key):
+  """Where a recipe keeps hyperparameter `key`: its Criterion (DRW), RIDE group or itself."""
+  group = {"drw_epoch": "criterion", "diversity_epoch": "ride"}.get(key)
+  return getattr(rcp, group) if group else rcp
 
 
 def observed(cfg):
@@ -169,7 +220,7 @@ def test_registry_defaults_are_the_published_cifar_recipe(name):
   for epochs in (published["epochs"], 100):
     rcp = methods.get_recipe(name, num_epochs=epochs)
     for key, value in at(published, epochs)["recipe"].items():
-      target = rcp.criterion if key == "drw_epoch" else rcp
+      target = nested(rcp, key)
       assert getattr(target, key) == value, (name, epochs, key)
 
 
@@ -219,7 +270,7 @@ def test_every_config_builds_its_recipe(dataset, kind):
     assert rcp.name == name
     for key in RECIPE_KEYS:
       if cfg.recipe.get(key) is not None:
-        target = rcp.criterion if key == "drw_epoch" else rcp
+        target = nested(rcp, key)
         assert getattr(target, key) == cfg.recipe[key], (dataset, kind, name, key)
 
 
@@ -267,13 +318,66 @@ def test_paper_protocol_options():
   for name in methods.METHODS:
     cfg = config("cifar10_lt", f"method={name}")
     assert cfg.drop_last and cfg.augment.pad_mode == "constant" and cfg.normalize == "cifar"
-    assert cfg.schedule.warmup_unit == "epoch" and not cfg.optim.nesterov
+    assert cfg.schedule.warmup_unit == "epoch"
+    assert cfg.optim.nesterov == (name in RIDE_NESTEROV), name
   assert config("cifar10_lt", "method=otmix").recipe.r == 1.0
   assert config("cifar10_lt", "method=cmo").recipe.mix_prob == 0.5
   reductions = {name: config("cifar10_lt", f"method={name}").recipe.get("reduction")
                 for name in ("drw", "ldam_drw", "mixup_drw", "otmix_drw")}
   assert reductions == {"drw": "normalized", "ldam_drw": "normalized", "mixup_drw": "mean",
                         "otmix_drw": "normalized"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dataset", ("cifar10_lt", "cifar100_lt"))
+def test_ride_methods_train_the_ride_network_on_its_optimiser(dataset, kind):
+  """RIDE's CIFAR config (configs/config_imbalance_cifar100_ride.json): 3 experts, reduced
+  widths, normalised head, LDAM-DRW, SGD Nesterov wd 5e-4; CP-Mix + RIDE: six experts, the
+  normed layer (s = 30), no fine-tuning (CP-Mix B.3); OTmix + RIDE: OTmix's optimiser."""
+  for name in RIDE:
+    cfg = config(dataset, f"method={name},protocol={kind}")
+    rcp = runner.build_recipe(cfg)
+    assert cfg.model.name == "ride_resnet32", name
+    assert cfg.model.get("num_experts", 3) == (6 if name == "cp_mix_ride" else 3), name
+    assert rcp.requirements().experts and rcp.ride.multi_expert and rcp.head == "normalized"
+    assert (rcp.ride.diversity_factor, rcp.ride.diversity_temperature,
+            rcp.ride.diversity_reweight, rcp.ride.base_loss_factor) == (-0.2, 1.0, 0.05, 1.0)
+    assert cfg.optim.weight_decay == (2e-4 if name == "otmix_ride" else 5e-4), name
+    assert cfg.optim.nesterov == (name in RIDE_NESTEROV), name
+    assert cfg.optim.momentum == 0.9
+    if name == "ride_ea":  # the routing stage (config_imbalance_cifar100_ride_ea.json)
+      ft = cfg.finetune
+      assert (ft.num_epochs, ft.batch_size, ft.lr, ft.weight_decay, ft.nesterov,
+              ft.schedule) == (5, 512, 0.01, 5e-4, True, "cosine_epoch")
+      assert (cfg.model.routers, cfg.model.top_choices, rcp.ride.route_pos_weight) == (
+          True, 30, 100.0)
+    else:
+      assert cfg.finetune.num_epochs == 0 and not cfg.model.get("routers", False)
+    if name == "cp_mix_ride":
+      assert (rcp.logit_scale, cfg.drop_last) == (30.0, True)
+    else:
+      assert (rcp.criterion.kind, rcp.criterion.scale) == ("ldam", 30.0)
+      assert cfg.drop_last == (kind == "paper"), name  # RIDE's DataLoader: no drop_last
+  ot = config("cifar10_lt", "method=otmix_ride,protocol=code")
+  assert (ot.recipe.r, ot.recipe.mix_prob, ot.recipe.ot_gate) == (0.0, 0.5, "code")
+  cmo = config("cifar10_lt", "method=ride_cmo,protocol=code")
+  assert (cmo.recipe.r, tuple(cmo.recipe.mix_window)) == (0.0, (3, 3))
+
+
+@pytest.mark.parametrize("dataset,reweight,batch,lr", [
+    ("imagenet_lt", 0.02, 256, 0.1), ("inat2018", 0.015, 512, 0.2)])
+def test_large_ride_configs_follow_ride_s_resnet50_configs(dataset, reweight, batch, lr):
+  """config_imagenet_lt_resnet50_ride(_ea).json, config_iNaturalist_resnet50_ride(_ea).json:
+  ResNet-50 experts, Nesterov, wd 2e-4, the dataset's reweight factor; routers k = 50."""
+  for name in RIDE:
+    cfg = config(dataset, f"method={name}")
+    rcp = runner.build_recipe(cfg)
+    assert runner.model_name(cfg, rcp) == "ride_resnet50", name
+    assert (cfg.batch_size, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.nesterov) == (
+        batch, lr, 2e-4, True), name
+    assert rcp.ride.diversity_reweight == reweight, name
+  ea = config(dataset, "method=ride_ea")
+  assert (ea.model.top_choices, ea.finetune.num_epochs, ea.finetune.batch_size) == (50, 5, 512)
 
 
 def test_inat_cp_mix_scales_its_cosine_classifier():

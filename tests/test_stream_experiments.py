@@ -74,6 +74,14 @@ def test_inat_config_trains_from_the_stream(method, inat_dir, tmp_path):
   assert rows and np.isfinite(rows[-1]["train/loss"])
   info = reporting.read_json(str(tmp_path / method / "dataset.json"))
   assert info["train_counts"] == list(COUNTS) and info["image_shape"] == [16, 16, 3]
+  # The method views that need no training images (OTmix's pair statistics redraw them).
+  view = results["extra"]["method_view"]
+  expected = {"lobm": "label_occurrence", "dbn_mix": "temperatures",
+              "cp_mix": "cp_confusion_counts"}.get(method)
+  if expected:
+    assert expected in view, sorted(view)
+  if method == "otmix":
+    assert "pair_counts" not in view
 
 
 def test_streamed_run_resumes_from_its_checkpoint(inat_dir, tmp_path):

@@ -88,7 +88,7 @@ SEED_METHODS = ("erm", "mixup", "lobm", "lobm_star", "dbn_mix", "sbn_mix", "cp_m
 
 # Smoke-test variant (`quick=True`): short run, small model, evaluation every epoch.
 QUICK: Nested = {"num_epochs": 4, "batch_size": 64, "model": {"name": "small_cnn"},
-                 "eval_every": 1, "checkpoint_every": 1}
+                 "finetune": {"batch_size": 0}, "eval_every": 1, "checkpoint_every": 1}
 
 # Run settings every config has (evaluation, logging, devices); the training protocol
 # comes from `ltjax.methods.protocols`.
@@ -153,6 +153,30 @@ MIXUP_FAMILY = ("mixup", "mixup_drw", "remix", "remix_drw", "mamix", "mamix_drw"
                 "smote_mix_drw", "neighbor_mix", "neighbor_mix_drw")
 OTMIX_FAMILY = ("otmix", "otmix_drw", "otmix_balms", "otmix_ldam", "otmix_saliency")
 DRW_METHODS = protocols.methods_with("drw_epoch")
+RIDE_FAMILY = ("ride", "ride_ea", "ride_cmo", "otmix_ride", "cp_mix_ride")
+
+
+def ride_large(*, batch_size: int, lr: float, reweight_factor: float, top_choices: int,
+               reproduces: str) -> tuple[tuple[tuple[str, ...], Nested], ...]:
+  """RIDE's ResNet-50 recipe on a large dataset, for `per_method` (RIDE's released configs
+  config_imagenet_lt_resnet50_ride.json / config_iNaturalist_resnet50_ride.json and their
+  _ea twins): 100 epochs, SGD Nesterov momentum 0.9, wd 2e-4, 5-epoch warm-up, x0.1 at 60
+  and x0.01 at 80, DRW and class temperatures from 80 (`reweight_epoch`); the routing stage
+  (ride_ea) 5 epochs at batch 512, lr 0.01 with per-epoch cosine, wd 5e-4, k=top_choices.
+  The combinations keep their mixing method's CIFAR hyperparameters."""
+  recipe = {"num_epochs": 100, "batch_size": batch_size,
+            "optim": {"lr": lr, "weight_decay": 2e-4, "nesterov": True},
+            "schedule": {"name": "multistep", "warmup_epochs": 5, "milestones": (60, 80),
+                         "factors": (0.1, 0.01)},
+            "recipe": {"diversity_epoch": 80, "diversity_reweight": reweight_factor},
+            "reproduces": reproduces}
+  return ((RIDE_FAMILY, recipe),
+          (tuple(m for m in RIDE_FAMILY if m in DRW_METHODS), {"recipe": {"drw_epoch": 80}}),
+          (("cp_mix_ride",), {"recipe": {"stage2_epoch": 66}}),
+          (("ride_ea",), {"model": {"top_choices": top_choices},
+                          "finetune": {"num_epochs": 5},
+                          "reproduces": "nothing in the seed papers: RIDE's released "
+                                        "expert-assignment configuration"}))
 
 
 def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:

@@ -31,6 +31,9 @@ BASE = {
     # (a killed run redoes at most 24 epochs, about a second).
     "checkpoint_every": 25,
     "eval_batch_size": 512,
+    # Extra phases at the run's batch size (RIDE's routing stage asks for 512: more than
+    # the training set at rho=10).
+    "finetune": {"batch_size": 0},
     "analysis_draws": 10,
     "reproduces": "nothing: the quickstart's toy dataset",
     # ERM and one method per seed paper (Mixup-DRW for MAMix, whose paper recommends it for

@@ -48,6 +48,13 @@ method's CIFAR-LT protocol underneath (`ltjax.methods.protocols`); per method:
   ImageNet-LT. The code starts from torchvision's ImageNet-pretrained ResNet-50
   (`resnet50(pretrained=True)`); ltjax ships no weights: give them with
   `--config.model.pretrained=PATH` (`ltjax.models.pretrained`).
+- RIDE and its combinations (ride, ride_ea, ride_cmo, otmix_ride, cp_mix_ride): RIDE's
+  ResNet-50 with 3 experts (`ride_resnet50`, stages 3-4 per expert, 192 / 384 planes) and
+  config_imagenet_lt_resnet50_ride.json: 100 epochs, batch 256, lr 0.1, Nesterov, wd 2e-4,
+  5-epoch warm-up, x0.1 at 60, x0.01 at 80, DRW and class temperatures from 80 (reweight
+  factor 0.02); ride_ea then trains the routers 5 epochs (top_choices 50, batch 512, lr
+  0.01 cosine; config_imagenet_lt_resnet50_ride_ea.json). Reproduces the 'RIDE' rows of
+  CP-Mix / DBN-Mix Table 2.
 
 Usage:
   python -m experiments.train --config=experiments/configs/imagenet_lt.py:method=dbn_mix \
@@ -101,6 +108,9 @@ METHOD_OVERRIDES = common.per_method(
                            "reproduces": "OTmix Table 2, ImageNet-LT (trained by the "
                                          "authors' code from an ImageNet-pretrained "
                                          "ResNet-50: protocol=code, model.pretrained)"}),
+    *common.ride_large(batch_size=256, lr=0.1, reweight_factor=0.02, top_choices=50,
+                       reproduces="CP-Mix Table 2 / DBN-Mix Table 2 'RIDE' (55.4 %, 3 "
+                                  "experts; the combinations: CP-Mix Table 2)"),
 )
 CODE_OVERRIDES = common.per_method(
     (common.OTMIX_FAMILY, {"schedule": {"warmup_epochs": 5},

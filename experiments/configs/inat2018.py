@@ -45,6 +45,12 @@ ResNet-50, batch 256, SGD momentum 0.9, lr 0.1, wd 1e-4, 5-epoch warm-up, x0.1 a
   (the code starts from torchvision's ImageNet-pretrained ResNet-50, which
   `--config.model.pretrained=PATH` can give, and iterates over the validation loader in
   training).
+- RIDE and its combinations (ride, ride_ea, ride_cmo, otmix_ride, cp_mix_ride): RIDE's
+  ResNet-50 with 3 experts (`ride_resnet50`) and config_iNaturalist_resnet50_ride.json:
+  100 epochs, batch 512, lr 0.2, Nesterov, wd 2e-4, 5-epoch warm-up, x0.1 at 60, x0.01 at
+  80, DRW and class temperatures from 80 (reweight factor 0.015); ride_ea then trains the
+  routers 5 epochs (top_choices 50; config_iNaturalist_resnet50_ride_ea.json). Reproduces
+  the 'RIDE' rows of CP-Mix Table 2 / DBN-Mix Table 3.
 
 Usage:
   python -m experiments.train --config=experiments/configs/inat2018.py:method=otmix \
@@ -95,6 +101,9 @@ METHOD_OVERRIDES = common.per_method(
                            "reproduces": "OTmix Table 2, iNaturalist 2018 (trained by the "
                                          "authors' code from an ImageNet-pretrained "
                                          "ResNet-50: protocol=code, model.pretrained)"}),
+    *common.ride_large(batch_size=512, lr=0.2, reweight_factor=0.015, top_choices=50,
+                       reproduces="CP-Mix Table 2 / DBN-Mix Table 3 'RIDE' (72.6 %, 3 "
+                                  "experts; the combinations: CP-Mix Table 2)"),
 )
 CODE_OVERRIDES = common.per_method(
     (common.OTMIX_FAMILY, {"optim": {"weight_decay": 2e-4}, "schedule": {"warmup_epochs": 5},

@@ -17,7 +17,9 @@ from ltjax.methods.mixup import Mixup
 from ltjax.methods.otmix import OTmix
 from ltjax.methods.protocols import PROTOCOLS, get_protocol
 from ltjax.methods.registry import METHODS, check_compatible, get_recipe, hyperparameters
+from ltjax.methods.ride import RIDE, RIDERouting
 
 __all__ = ["CPMix", "CPMixFinetune", "Criterion", "DBNMix", "ERM", "LOBM", "METHODS",
-           "ManifoldMixup", "Mixup", "OTmix", "PROTOCOLS", "SBNMix", "check_compatible",
+           "ManifoldMixup", "Mixup", "OTmix", "PROTOCOLS", "RIDE", "RIDERouting", "SBNMix",
+           "check_compatible",
            "get_protocol", "get_recipe", "hyperparameters"]

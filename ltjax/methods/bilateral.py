@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import _checks, label_rules, losses, mixing, recipe, samplers
+from ltjax.methods import ride as ride_lib
 from ltjax.models import dual_branch
 
 TEMPERATURES = ("paper", "code", "none")
@@ -150,9 +151,17 @@ class SBNMix(_Bilateral):
   Attributes: as DBN-Mix (temperature="paper" by default; "none" for plain CE), and
     clean_pass: after the mixed pass, also run the clean uniform batch through the model
       in training mode, output unused (authors' code; see the module docstring).
+    ride: RIDE's diversity-loss hyperparameters (`ltjax.methods.ride`): with a
+      multi-expert model each expert gets L(z_e / T, y) plus the diversity term.
   """
   name: str = "sbn_mix"
   clean_pass: bool = False
+  ride: ride_lib.RIDE = ride_lib.RIDE()
+
+  def requirements(self) -> recipe.Requirements:
+    """A reverse-sampled second batch; configured for RIDE, a multi-expert model."""
+    return dataclasses.replace(super().requirements(),
+                               **ride_lib.phase_requirements(self.ride, self.head))
 
   def loss(self, forward: recipe.Forward, ctx: recipe.StepContext, method_state
            ) -> tuple[jax.Array, recipe.LossOutput]:
@@ -163,6 +172,8 @@ class SBNMix(_Bilateral):
     outputs, forward = forward(mixing.mix_inputs(u.x, v.x, lam))
     if self.clean_pass:
       _, forward = forward(u.x)
-    loss = self.scaled_loss(outputs["logits"], soft, ctx.class_counts)
+    loss = ride_lib.supervised_loss(
+        outputs, lambda z: self.scaled_loss(z, soft, ctx.class_counts), self.ride,
+        ctx.class_counts, ctx.epoch)
     draws = {"indices_u": u.indices, "indices_v": v.indices, "lam": lam}
     return loss, recipe.LossOutput(forward, method_state, {"lam": lam.mean()}, draws)

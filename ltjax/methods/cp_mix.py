@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import _checks, label_rules, losses, pairing, recipe, samplers
-from ltjax.methods import common, mixup
+from ltjax.methods import common, mixup, ride as ride_lib
 
 MIX_LABEL_RULES = ("cpmix", "vanilla")
 MIX_FROM = ("stage2", "start")
@@ -61,6 +61,10 @@ class CPMix(recipe.Recipe):
       normalised (cosine) head this is the scaled cosine classifier that CP-Mix uses on
       iNaturalist ("a normed layer ... following the literature": LDAM / RIDE, s = 30);
       like LDAM's s it lives in the loss, and predictions (argmax) do not depend on it.
+    ride: RIDE's diversity-loss hyperparameters (`ltjax.methods.ride`): with a
+      multi-expert model every term (balanced softmax, CP, mixup) is RIDE's loss of that
+      term (the term per expert plus the diversity term, at logit scale `logit_scale`);
+      `ride.multi_expert=True` ("cp_mix_ride") requires such a model.
   """
   name: str = "cp_mix"
   alpha: float = 1.5
@@ -72,8 +76,12 @@ class CPMix(recipe.Recipe):
   mix_label_rule: str = "cpmix"
   mix_from: str = "stage2"
   logit_scale: float = 1.0
+  ride: ride_lib.RIDE = ride_lib.RIDE()
 
   def __post_init__(self):
+    if not isinstance(self.ride, ride_lib.RIDE):
+      raise ValueError(f"ride must be a ltjax.methods.ride.RIDE, got "
+                       f"{type(self.ride).__name__}.")
     _checks.check_positive(self.alpha, "alpha")
     _checks.check_in_range(self.t, "t", 0.0, 1.0)
     _checks.check_positive(self.gamma_cp, "gamma_cp", allow_zero=True)
@@ -92,10 +100,19 @@ class CPMix(recipe.Recipe):
 
   def requirements(self) -> recipe.Requirements:
     """CP batches draw confusion pairs; the classifier fine-tuning phase follows (same
-    head and logit scale)."""
+    head and logit scale), or with RIDE the routing stage (`ride.phase_requirements`: CP-Mix
+    appendix B.3 does not fine-tune the classifier of its RIDE runs)."""
     finetune = CPMixFinetune(head=self.head, logit_scale=self.logit_scale)
-    return dataclasses.replace(super().requirements(), draws=(samplers.Law("confusion"),),
-                               extra_phases=(finetune,))
+    needs = {"draws": (samplers.Law("confusion"),), "extra_phases": (finetune,),
+             **ride_lib.phase_requirements(self.ride, self.head)}
+    return dataclasses.replace(super().requirements(), **needs)
+
+  def term_loss(self, outputs: recipe.Outputs, loss_fn, ctx: recipe.StepContext
+                ) -> jax.Array:
+    """`loss_fn(logit_scale * logits)`, or RIDE's loss of it on a multi-expert model's
+    "expert_logits" (`ride.supervised_loss`)."""
+    return ride_lib.supervised_loss(outputs, lambda z: loss_fn(self.logit_scale * z),
+                                    self.ride, ctx.class_counts, ctx.epoch, self.logit_scale)
 
   def init_state(self, class_counts: jax.Array) -> dict[str, jax.Array]:
     """Zero confusion counts {"confusion": (K, K) int32}."""
@@ -122,8 +139,8 @@ class CPMix(recipe.Recipe):
     mixed = mixup.mix_batch(keys["lam"], x_t, y_t, x_m, y_m, ctx.class_counts,
                             alpha=self.alpha, rule=label_rules.get_rule("cpmix", t=self.t))
     outputs, forward = forward(mixed.x)
-    loss = losses.soft_cross_entropy(self.logit_scale * outputs["logits"],
-                                     mixed.labels.soft(ctx.num_classes))
+    soft = mixed.labels.soft(ctx.num_classes)
+    loss = self.term_loss(outputs, lambda z: losses.soft_cross_entropy(z, soft), ctx)
     draws = {"cp_true": c_t, "cp_confused": c_m, "cp_indices_t": idx_t,
              "cp_indices_m": idx_m, "cp_lam": mixed.lam}
     return loss, forward, draws
@@ -137,8 +154,8 @@ class CPMix(recipe.Recipe):
                             common.take(clean.labels, partner), ctx.class_counts,
                             alpha=self.alpha, rule=self.mix_rule())
     outputs, forward = forward(mixed.x)
-    loss = losses.soft_cross_entropy(self.logit_scale * outputs["logits"],
-                                     mixed.labels.soft(ctx.num_classes))
+    soft = mixed.labels.soft(ctx.num_classes)
+    loss = self.term_loss(outputs, lambda z: losses.soft_cross_entropy(z, soft), ctx)
     return loss, forward, {"mix_partner": partner, "mix_lam": mixed.lam}
 
   def mix_rule(self) -> label_rules.Rule:
@@ -152,9 +169,9 @@ class CPMix(recipe.Recipe):
     keys = ctx.keys("clean", "mix", "cp")
     clean = ctx.clean_batch(keys["clean"])
     outputs, forward = forward(clean.x)
-    loss_bs = losses.balanced_softmax_loss(
-        self.logit_scale * outputs["logits"], common.one_hot(clean.labels, ctx.num_classes),
-        ctx.class_counts)
+    hard = common.one_hot(clean.labels, ctx.num_classes)
+    loss_bs = self.term_loss(
+        outputs, lambda z: losses.balanced_softmax_loss(z, hard, ctx.class_counts), ctx)
     predictions = jnp.argmax(jax.lax.stop_gradient(outputs["logits"]), axis=-1)
     confusion = pairing.confusion_matrix_update(method_state["confusion"], clean.labels,
                                                 predictions)

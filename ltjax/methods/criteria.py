@@ -95,6 +95,11 @@ class Criterion(recipe.Hyperparameters):
     """The model head this criterion needs ("normalized" for LDAM), else None."""
     return "normalized" if self.kind == "ldam" else None
 
+  @property
+  def logit_scale(self) -> float | jax.Array:
+    """The factor the loss applies to the logits: LDAM's s (cosine logits), else 1."""
+    return self.scale if self.kind == "ldam" else 1.0
+
   def class_weights(self, counts: ArrayLike, epoch: ArrayLike) -> jax.Array | None:
     """DRW class weights at `epoch` (ones before drw_epoch), or None without DRW."""
     if self.drw_epoch is None:

@@ -68,7 +68,7 @@ class ManifoldMixup(common.SupervisedRecipe):
     mix = (layer, lambda h: mixing.mix_inputs(h, common.take(h, partner), lam))
     outputs, forward = forward(x, mix=mix)
     mixed = mixing.MixedLabels(labels, common.take(labels, partner), lam)
-    loss = self.criterion(outputs["logits"], mixed, ctx)
+    loss = self.loss_of(outputs, mixed, ctx)
     draws = {"indices": indices, "partner": partner, "lam": lam, "layer": layer}
     return loss, recipe.LossOutput(forward, method_state,
                                    {"lam": lam, "layer": layer.astype(jnp.float32)}, draws)

@@ -22,10 +22,12 @@ A protocol is a nested dict in the layout of an experiment config:
 | augment     | {"pad", "flip", "pad_mode"}: random crop of the padded image, flip        |
 | normalize   | "cifar" (mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010)) or  |
 |             | "cifar_stats" (the full CIFAR training set's own mean / std)              |
-| recipe      | `get_recipe` hyperparameters (recipe and criterion fields); epoch-valued  |
-|             | ones (drw_epoch, defer_epoch, stage2_epoch) in epochs of this run         |
-| finetune    | CP-Mix classifier fine-tuning {"num_epochs" (0: none), "lr", "momentum",  |
-|             | "weight_decay"}                                                           |
+| recipe      | `get_recipe` hyperparameters (recipe, criterion and RIDE fields);         |
+|             | epoch-valued ones (drw_epoch, defer_epoch, stage2_epoch, diversity_epoch) |
+|             | in epochs of this run                                                     |
+| finetune    | the extra phases (CP-Mix's classifier fine-tuning, RIDE's routing stage): |
+|             | {"num_epochs" (0: none), "lr", "momentum", "weight_decay", "nesterov",    |
+|             | "schedule" ("constant" / "cosine_epoch"), "batch_size" (0: the run's)}    |
 | reproduces  | the published table this protocol reproduces (or why it reproduces none)  |
 | source      | paper section / table, or repository and files of the authors' code      |
 
@@ -46,7 +48,7 @@ KINDS = ("paper", "code")
 
 # Paths of the epoch-valued fields that `rescale` moves with the run length.
 EPOCH_FIELDS = ("schedule.warmup_epochs", "schedule.milestones", "recipe.drw_epoch",
-                "recipe.defer_epoch", "recipe.stage2_epoch")
+                "recipe.defer_epoch", "recipe.stage2_epoch", "recipe.diversity_epoch")
 
 
 def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,6 +154,20 @@ _CMO_CODE = ("naver-ai/cmo: cifar_train.py (adjust_learning_rate with 5-epoch wa
              "np.random.beta(1, 1), DataLoader without drop_last), opts.py (mixup_prob 0.5, "
              "start/end_data_aug 3), imbalance_data/imbalance_cifar.py (per-sample weights "
              "1/n_k)")
+_RIDE_PAPER = ("RIDE (Wang et al. 2021), CIFAR100-LT: ResNet-32 with 3 experts sharing the "
+               "stem and stage 1, expert widths 24 / 48 (reduce_dimension), normalised "
+               "classifier (s=30); per expert LDAM-DRW plus the distribution-aware diversity "
+               "loss (factor -0.2, T0 1, reweight factor 0.05), DRW and class temperatures "
+               "from epoch 160; 200 epochs, batch 128, SGD lr 0.1, Nesterov momentum 0.9, wd "
+               "5e-4, 5-epoch warm-up, x0.01 at 160, x1e-4 at 180 (CP-Mix appendix B.3.1 "
+               "restates RIDE's 'normed layer', Nesterov, wd 0.0005, 200 epochs; the rest as "
+               "configs/config_imbalance_cifar100_ride.json); no routing stage (ride_ea adds it)")
+_RIDE_CODE = ("frank-xwang/RIDE-LongTailRecognition: configs/config_imbalance_cifar100_ride.json, "
+              "train.py (CustomLR: warm-up (1 + epoch) / 5, x gamma at step1, x gamma^2 at "
+              "step2), model/loss.py (RIDELoss, `epoch > reweight_epoch` on the 1-based "
+              "epoch), model/ldam_drw_resnets/ride_resnet_cifar.py, "
+              "data_loader/cifar_data_loaders.py (DataLoader without drop_last; its "
+              "RandomRotation(15) has no ltjax counterpart)")
 _NO_CODE = "no public code: protocol=code is protocol=paper"
 
 
@@ -174,7 +190,8 @@ _CIFAR: Protocol = {
     "augment": {"pad": 4, "flip": True, "pad_mode": "constant"},
     "normalize": "cifar",
     "recipe": {},
-    "finetune": {"num_epochs": 0, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0},
+    "finetune": {"num_epochs": 0, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
+                 "nesterov": False, "schedule": "constant", "batch_size": 0},
 }
 
 
@@ -265,6 +282,74 @@ _CP_MIX = _pair({"num_epochs": 300,
                 None, table="CP-Mix Table 1, CP-Mix (82.44 / 48.20 on CIFAR-10 / 100-LT, "
                             "rho=100)", code_source=_NO_CODE)
 
+# RIDE's CIFAR changes to _CIFAR: the multi-expert model and optimiser of its config, LDAM-DRW
+# with the diversity temperatures switched with DRW (one reweight_epoch in the code).
+_RIDE_MODEL = {"name": "ride_resnet32"}
+_RIDE_OPTIM = {"nesterov": True, "weight_decay": 5e-4}
+_RIDE_LOSS = {"drw_epoch": 160, "diversity_epoch": 160, "reduction": "normalized"}
+_RIDE_CODE_CHANGES = {"drop_last": False}
+_COMBINED_CODE = ("no public code of the combination: protocol=code is RIDE's code changes "
+                  "(drop_last=False; " + _RIDE_CODE + ") and the mixing method's")
+
+_RIDE = _pair({"model": _RIDE_MODEL, "optim": _RIDE_OPTIM, "recipe": _RIDE_LOSS,
+               "source": _RIDE_PAPER}, _RIDE_CODE_CHANGES,
+              table="OTmix Table 1 'RIDE (3 experts)' (errors 18.4 / 51.4 on CIFAR-10 / "
+                    "100-LT, rho=100, reproduced by the OTmix authors with RIDE's code; DBN-Mix "
+                    "Table 1 (49.10) and CP-Mix Table 1 (49.83) report RIDE with 4 / 6 experts "
+                    "on CIFAR-100-LT)", code_source=_RIDE_CODE)
+
+# RIDE with its expert-assignment (routing) stage: the experts trained as `ride`, then the
+# routers alone (config_imbalance_cifar100_ride_ea.json: ResNet32EAModel top_choices_num 30,
+# pos_weight 100; balanced loader, batch 512, SGD lr 0.01 Nesterov, wd 5e-4,
+# CosineAnnealingLR(T_max=5) per epoch, 5 epochs).
+_RIDE_ROUTING = {"num_epochs": 5, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+                 "nesterov": True, "schedule": "cosine_epoch", "batch_size": 512}
+_RIDE_EA = _pair({"model": {**_RIDE_MODEL, "routers": True, "top_choices": 30},
+                  "optim": _RIDE_OPTIM, "recipe": {**_RIDE_LOSS, "route_pos_weight": 100.0},
+                  "finetune": _RIDE_ROUTING,
+                  "source": f"{_RIDE_PAPER}; then RIDE sec. 3.3's routing stage as "
+                            "configs/config_imbalance_cifar100_ride_ea.json"},
+                 _RIDE_CODE_CHANGES,
+                 table="nothing in the seed papers, which report RIDE's accuracy without "
+                       "saying whether its routers were used; RIDE's released expert-"
+                       "assignment configuration (config_imbalance_cifar100_ride_ea.json)",
+                 code_source=f"{_RIDE_CODE}, model/ldam_drw_resnets/ea_resnet_cifar.py")
+
+# CMO applied to RIDE (CMO paper, reported in OTmix Table 1 and CP-Mix Table 1): RIDE's
+# protocol and CMO's mixing.
+_RIDE_CMO = _pair({"model": _RIDE_MODEL, "optim": _RIDE_OPTIM,
+                   "recipe": {"alpha": 1.0, "r": 1.0, "mix_prob": 0.5, **_RIDE_LOSS},
+                   "source": f"{_RIDE_PAPER}; CMO's mixing: {_CMO_PAPER}"},
+                  {**_RIDE_CODE_CHANGES, "recipe": {"r": 0.0, "mix_window": (3, 3)}},
+                  table="OTmix Table 1 'RIDE (3 experts) + CMO' (errors 17.8 on CIFAR-10-LT, "
+                        "reproduced by the OTmix authors; 50.0 on CIFAR-100-LT, from the CMO "
+                        "paper), rho=100; CP-Mix Table 1 'CMO+RIDE' (50.0)",
+                  code_source=f"{_COMBINED_CODE}: {_CMO_CODE}")
+
+# OTmix sec. 5 states one CIFAR-LT recipe for all its rows (240 epochs, its decays, no
+# warm-up, momentum 0.9, wd 2e-4 of its reference [1]); RIDE brings its model and loss.
+_OTMIX_RIDE = _pair({**_OTMIX_SCHEDULE, "model": _RIDE_MODEL,
+                     "recipe": {"alpha": 4.0, "r": 1.0, "w": 0.05, "epsilon": 0.01, "mu": 1.0,
+                                **_RIDE_LOSS},
+                     "source": f"{_OTMIX_PAPER}; RIDE's model and loss: {_RIDE_PAPER}"},
+                    {**_OTMIX_CODE_CHANGES, **_RIDE_CODE_CHANGES},
+                    table="OTmix Table 1 'RIDE (3 experts) + OTmix' (errors 17.3 / 49.3 on "
+                          "CIFAR-10 / 100-LT, rho=100); CP-Mix Table 1 'OTMix+RIDE' (50.7)",
+                    code_source=f"{_COMBINED_CODE}: {_OTMIX_CODE}")
+
+# CP-Mix appendix B.3: "For RIDE results, we strictly follow the settings from the original
+# paper ... RIDE uses a deferred reweighting strategy, and we use six experts ... we did not
+# fine-tune the classifier"; B.3.1: 200 epochs, normed layer, Nesterov, wd 0.0005. Stage 2 is
+# the last third ("two over three of the whole training time is stage 1"); CP-Mix's own
+# terms (balanced softmax, CP and mixup CE) each get RIDE's loss on the cosine head, s = 30.
+_CP_MIX_RIDE = _pair({"model": {**_RIDE_MODEL, "num_experts": 6}, "optim": _RIDE_OPTIM,
+                      "recipe": {"alpha": 1.5, "t": 0.5, "gamma_cp": 2.5, "gamma_mix": 2.5,
+                                 "stage2_epoch": 133, "head": "normalized",
+                                 "logit_scale": 30.0, "diversity_epoch": 160},
+                      "source": f"CP-Mix appendix B.3 / B.3.1 and Table 6; {_RIDE_PAPER}"},
+                     None, table="CP-Mix Table 1, 'CP-Mix + RIDE' (81.56 / 51.40 on CIFAR-10 / "
+                                 "100-LT, rho=100, six experts)", code_source=_NO_CODE)
+
 _TABLE_9_10 = "MAMix Tables 9 / 10 (CIFAR-10 / 100-LT, rho=100)"
 
 PROTOCOLS: dict[str, dict[str, Protocol]] = {
@@ -312,6 +397,11 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
         _otmix({}, ""), "nothing on CIFAR-LT: the OTmix paper reports OTmix (SaliencyMix) "
                         "only on balanced CIFAR-10 / 100 (Table 3, errors 5.1 / 21.7; "
                         "experiments/configs/cifar10.py, cifar100.py)"),
+    "ride": _RIDE,
+    "ride_ea": _RIDE_EA,
+    "ride_cmo": _RIDE_CMO,
+    "otmix_ride": _OTMIX_RIDE,
+    "cp_mix_ride": _CP_MIX_RIDE,
 }
 
 

@@ -7,8 +7,10 @@ method's protocol (`ltjax.methods.protocols`, "paper" unless asked otherwise), m
 `num_epochs` by `protocols.rescale`: e.g. DRW from epoch 160 of 200 (mixup_drw) is epoch 80
 of a 100-epoch run, from 160 of 240 (otmix_ldam) epoch 80 of a 120-epoch run.
 
-Overrides: any field of the recipe (e.g. `alpha=0.2`) or of its `Criterion` (`kind`,
-`drw_epoch`, `beta`, `max_margin`, `scale`, `focal_gamma`, `reduction`, `label_form`);
+Overrides: any field of the recipe (e.g. `alpha=0.2`), of its `Criterion` (`kind`,
+`drw_epoch`, `beta`, `max_margin`, `scale`, `focal_gamma`, `reduction`, `label_form`) or of
+its RIDE hyperparameters (`ltjax.methods.ride.RIDE`: `multi_expert`, `diversity_factor`,
+`diversity_temperature`, `diversity_reweight`, `base_loss_factor`, `diversity_epoch`);
 anything else is a ValueError. Every registered name must have a protocol: the module
 fails at import otherwise.
 """
@@ -26,7 +28,7 @@ from ltjax import recipe
 from ltjax.models import precision
 from ltjax.models import registry as model_registry
 from ltjax.methods import (bilateral, cp_mix, criteria, erm, lobm, manifold, mixup, otmix,
-                           protocols)
+                           protocols, ride)
 
 # name -> (recipe class, structural kwargs: recipe or Criterion fields).
 _REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {
@@ -56,10 +58,21 @@ _REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {
     "otmix_balms": (otmix.OTmix, {"kind": "balanced_softmax"}),
     "otmix_ldam": (otmix.OTmix, {"kind": "ldam"}),
     "otmix_saliency": (otmix.OTmix, {"box_placement": "saliency"}),
+    # RIDE (Wang et al. 2021): a multi-expert model, each expert on the recipe's criterion
+    # plus the distribution-aware diversity loss (`ltjax.methods.ride`).
+    "ride": (erm.ERM, {"kind": "ldam", "multi_expert": True}),
+    "ride_ea": (erm.ERM, {"kind": "ldam", "multi_expert": True}),  # + the routing stage
+    "ride_cmo": (otmix.OTmix, {"ot": False, "kind": "ldam", "multi_expert": True}),
+    "otmix_ride": (otmix.OTmix, {"kind": "ldam", "multi_expert": True}),
+    "cp_mix_ride": (cp_mix.CPMix, {"multi_expert": True}),
 }
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
-_CRITERION_FIELDS = tuple(f.name for f in dataclasses.fields(criteria.Criterion))
+# Recipe fields that are hyperparameter groups, overridable by their own field names.
+_NESTED: dict[str, type] = {"criterion": criteria.Criterion, "ride": ride.RIDE}
+_NESTED_FIELDS = {group: tuple(f.name for f in dataclasses.fields(cls))
+                  for group, cls in _NESTED.items()}
+_CRITERION_FIELDS = _NESTED_FIELDS["criterion"]
 
 
 def _check_protocols() -> None:
@@ -86,7 +99,8 @@ def get_recipe(name: str, *, num_epochs: int, protocol: str = "paper",
     name: one of `METHODS`.
     num_epochs: length of the run (the protocol's epoch-valued defaults are rescaled to it).
     protocol: "paper" (default) or "code": whose hyperparameters are the defaults.
-    **overrides: recipe fields, or Criterion fields for recipes with a criterion.
+    **overrides: recipe fields, or Criterion / RIDE fields for recipes with a criterion /
+      RIDE hyperparameters.
 
   Returns:
     A frozen Recipe whose `name` is `name`.
@@ -99,22 +113,22 @@ def get_recipe(name: str, *, num_epochs: int, protocol: str = "paper",
   cls, structure = _REGISTRY[name]
   defaults = protocols.rescale(protocols.get_protocol(name, protocol), num_epochs)["recipe"]
   fields = _field_names(cls)
-  has_criterion = "criterion" in fields
-  valid = fields + (_CRITERION_FIELDS if has_criterion else ())
+  groups = tuple(g for g in _NESTED if g in fields)
+  valid = fields + tuple(f for g in groups for f in _NESTED_FIELDS[g])
   unknown = sorted((set(structure) | set(defaults) | set(overrides)) - set(valid))
   if unknown:
     raise ValueError(f"Unknown hyperparameters {unknown} for method {name!r}; valid: "
                      f"{', '.join(valid)}.")
   kwargs = {k: v for k, v in {**structure, **defaults, **overrides}.items() if k in fields}
-  if has_criterion:
-    criterion = overrides.get("criterion") or criteria.Criterion(**_criterion_fields(
-        {**structure, **defaults}, fields))
-    kwargs["criterion"] = dataclasses.replace(criterion, **_criterion_fields(overrides, fields))
+  for group in groups:
+    base = overrides.get(group) or _NESTED[group](**_group_fields(
+        group, {**structure, **defaults}, fields))
+    kwargs[group] = dataclasses.replace(base, **_group_fields(group, overrides, fields))
   return cls(name=name, **kwargs)
 
 
 def hyperparameters(recipe_: recipe.Recipe) -> dict[str, tuple[Any, str]]:
-  """Every overridable hyperparameter of a recipe and of its Criterion, with its type.
+  """Every overridable hyperparameter of a recipe, its Criterion and RIDE groups, with its type.
 
   `get_recipe(recipe_.name, num_epochs=..., **{k: v for k, (v, _) in ...items()})` rebuilds
   `recipe_`. Returns {field: (value, annotation)}, the annotation as written in the
@@ -123,16 +137,20 @@ def hyperparameters(recipe_: recipe.Recipe) -> dict[str, tuple[Any, str]]:
   def fields_of(obj: Any, skip: tuple[str, ...]) -> dict[str, tuple[Any, str]]:
     return {f.name: (getattr(obj, f.name), str(f.type)) for f in dataclasses.fields(obj)
             if f.name not in skip}
-  values = fields_of(recipe_, ("name", "branches", "criterion"))
-  criterion = getattr(recipe_, "criterion", None)
-  if criterion is not None:
-    values.update({k: v for k, v in fields_of(criterion, ()).items() if k not in values})
+  values = fields_of(recipe_, ("name", "branches", *_NESTED))
+  for group in _NESTED:
+    nested = getattr(recipe_, group, None)
+    if nested is not None:
+      values.update({k: v for k, v in fields_of(nested, ()).items() if k not in values})
   return values
 
 
-def _criterion_fields(kwargs: dict[str, Any], recipe_fields: tuple[str, ...]) -> dict[str, Any]:
-  """The Criterion fields among `kwargs` (a name that is also a recipe field is the recipe's)."""
-  return {k: v for k, v in kwargs.items() if k in _CRITERION_FIELDS and k not in recipe_fields}
+def _group_fields(group: str, kwargs: dict[str, Any], recipe_fields: tuple[str, ...]
+                  ) -> dict[str, Any]:
+  """The fields of hyperparameter group `group` (Criterion, RIDE) among `kwargs` (a name
+  that is also a recipe field is the recipe's)."""
+  return {k: v for k, v in kwargs.items()
+          if k in _NESTED_FIELDS[group] and k not in recipe_fields}
 
 
 def _mixing_stages(model: Any) -> int | None:
@@ -151,7 +169,7 @@ def _check_mixing_layers(name: str, layers: tuple[int, ...], model: Any) -> None
   if stages is None:
     raise ValueError(f"{name} mixes hidden states and needs a model that takes "
                      f"mix=(layer, fn) (resnet32, resnet18_cifar, small_cnn, the ImageNet "
-                     f"ResNets), got {model_name}.")
+                     f"ResNets, the ride_* models), got {model_name}.")
   if max(layers) > stages:
     raise ValueError(f"{name} draws mixing layers {layers}, but {model_name} has mixing "
                      f"layers 0..{stages} (0: the input, s: the output of stage s).")
@@ -169,14 +187,15 @@ def check_compatible(recipe_: recipe.Recipe, model: Any, sample_input: Any = Non
   """Raises ValueError when `model` cannot train with `recipe_`.
 
   Reads `recipe_.requirements()`: two branches (DBN-Mix) need a dual-branch model (outputs
-  "logits_c" and "logits_r"); `needs_features` (OTmix, SMOTE-/Neighbor-Mix in feature
-  space) a model that returns "features", `needs_feature_map` (OTmix's un-pooled code
-  features) one that returns "feature_map"; a "normalized" head (LDAM) the normalised head;
-  manifold mixup a model that takes `mix=` and has every mixing layer it draws.
-  With `sample_input` (a (B, H, W, C) batch) the outputs are read from an abstract
-  evaluation of the model; without it, a model is dual-branch iff it is a `DualBranchNet`
-  (also inside `MixedPrecision`) and is assumed to return "features" (every ltjax model
-  does) and "feature_map" (not checked).
+  "logits_c" and "logits_r"); `experts` (RIDE) a multi-expert model ("expert_logits");
+  `needs_features` (OTmix, SMOTE-/Neighbor-Mix in feature space) a model that returns
+  "features", `needs_feature_map` (OTmix's un-pooled code features) one that returns
+  "feature_map"; a "normalized" head (LDAM) the normalised head; manifold mixup a model
+  that takes `mix=` and has every mixing layer it draws. With `sample_input` (a
+  (B, H, W, C) batch) the outputs are read from an abstract evaluation of the model;
+  without it, a model is dual-branch iff it is a `DualBranchNet` and multi-expert iff it
+  is a `ride.MultiExpertNet` (also inside `MixedPrecision`), and is assumed to return
+  "features" (every ltjax model does) and "feature_map" (not checked).
 
   Args:
     recipe_: a Recipe.
@@ -186,14 +205,28 @@ def check_compatible(recipe_: recipe.Recipe, model: Any, sample_input: Any = Non
   needs = recipe_.requirements()
   if sample_input is None:
     dual = model_registry.is_dual_branch(model)
-    keys = {"logits", "features", "feature_map"} | ({"logits_c", "logits_r"} if dual
-                                                    else set())
+    keys = ({"logits", "features", "feature_map"}
+            | ({"logits_c", "logits_r"} if dual else set())
+            | ({"expert_logits"} if model_registry.is_multi_expert(model) else set())
+            | ({"router_logits", "routed_logits"} if getattr(model, "routers", False)
+               else set()))
   else:
     keys = _output_keys(model, jnp.asarray(sample_input, jnp.float32))
   name, model_name = recipe_.name, type(model).__name__
   if needs.branches == 2 and not {"logits_c", "logits_r"} <= keys:
     raise ValueError(f"{name} trains two branches (x_rebalance) and needs a dual-branch "
                      f"model (e.g. dual_resnet32), got {model_name}.")
+  if needs.experts and "expert_logits" not in keys:
+    raise ValueError(f"{name} is configured for RIDE (multi_expert=True) and needs a "
+                     f"multi-expert model that returns 'expert_logits' ("
+                     f"{', '.join(m for m in model_registry.MODELS if m.startswith('ride_'))}"
+                     f"); {model_name} returns {sorted(keys)}.")
+  missing = [k for k in needs.outputs if k not in keys]
+  if missing:
+    raise ValueError(f"{name} reads the model outputs {missing}, which {model_name} does not "
+                     f"return ({sorted(keys)})"
+                     + (": build it with routers=True (--config.model.routers=True)."
+                        if "router_logits" in missing else "."))
   if needs.needs_features and "features" not in keys:
     raise ValueError(f"{name} pairs samples in feature space and needs a model that "
                      f"returns 'features'; {model_name} returns {sorted(keys)} "

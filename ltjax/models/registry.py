@@ -10,6 +10,14 @@
 | mlp             | MLP                                             | (B, D) toy data  |
 | dual_resnet32   | dual-branch ResNet-32 (layout="stage"/"block")  | 32x32 CIFAR      |
 | dual_small_cnn  | dual-branch SmallCNN                            | 8x8 .. 32x32     |
+| ride_resnet32   | RIDE ResNet-32, 3 experts (num_experts=, 0.78 M | 32x32 CIFAR      |
+|                 | with K=100 and reduce_dimension=True)           |                  |
+| ride_resnet10   | RIDE ResNet-10, 3 experts (stages 3-4 each)     | 224x224 ImageNet |
+| ride_resnet50   | RIDE ResNet-50, 3 experts (stages 3-4 each)     | 224x224 ImageNet |
+| ride_small_cnn  | multi-expert SmallCNN (num_experts=, widths=)   | 8x8 .. 32x32     |
+
+Every ride_* model takes num_experts=, routers= (RIDE's expert-assignment routers) and
+top_choices=; ride_resnet* also reduce_dimension=.
 
 `dtype="bfloat16"` wraps the model in `precision.MixedPrecision`: float32 parameters,
 bfloat16 compute, float32 outputs.
@@ -21,7 +29,8 @@ from typing import Any, Callable
 
 from flax import linen as nn
 
-from ltjax.models import dual_branch, heads, precision, resnet_cifar, resnet_imagenet, small
+from ltjax.models import (dual_branch, heads, precision, resnet_cifar, resnet_imagenet, ride,
+                          small)
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet32": resnet_cifar.resnet32,
@@ -34,6 +43,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": small.mlp,
     "dual_resnet32": dual_branch.dual_resnet32,
     "dual_small_cnn": dual_branch.dual_small_cnn,
+    "ride_resnet32": ride.ride_resnet32,
+    "ride_resnet10": ride.ride_resnet10,
+    "ride_resnet50": ride.ride_resnet50,
+    "ride_small_cnn": ride.ride_small_cnn,
 }
 
 
@@ -48,7 +61,8 @@ def get_model(name: str, num_classes: int, head: str = "linear", dtype: str = "f
     dtype: compute dtype: "float32" (default), or "bfloat16" / "float16" for mixed
       precision (`precision.MixedPrecision`; parameters and outputs stay float32).
     **kwargs: model options (layout= for dual models, widths= for small_cnn and
-      dual_small_cnn, hidden= for mlp).
+      dual_small_cnn, hidden= for mlp; num_experts=, routers=, top_choices= for the
+      ride_* models, reduce_dimension= for ride_resnet*, widths= for ride_small_cnn).
 
   Raises:
     ValueError: for an unknown name, head or dtype, or num_classes < 1.
@@ -68,3 +82,8 @@ def is_dual_branch(model: nn.Module) -> bool:
   if isinstance(model, precision.MixedPrecision):
     model = model.model
   return isinstance(model, dual_branch.DualBranchNet)
+
+
+def is_multi_expert(model: nn.Module) -> bool:
+  """True for a multi-expert (RIDE) model (its outputs carry "expert_logits")."""
+  return ride.is_multi_expert(model)

@@ -134,6 +134,24 @@ def path_mask(names: Sequence[str]) -> Callable[[PyTree], PyTree]:
   return mask
 
 
+def phase_mask(trainable: Sequence[str] | None, frozen: Sequence[str] = ()
+               ) -> Callable[[PyTree], PyTree] | None:
+  """The trainable mask of `Requirements.trainable` / `frozen`: the leaves under a module
+  named in `trainable` (all when None) and under none named in `frozen`; None: no mask."""
+  if trainable is None and not frozen:
+    return None
+  keep = None if trainable is None else path_mask(trainable)
+  drop = path_mask(frozen) if frozen else None
+
+  def mask(params: PyTree) -> PyTree:
+    kept = jax.tree.map(lambda _: True, params) if keep is None else keep(params)
+    if drop is None:
+      return kept
+    return jax.tree.map(lambda k, d: k and not d, kept, drop(params))
+
+  return mask
+
+
 def current_lr(opt_state: PyTree) -> jax.Array:
   """Learning rate of the last update of an `sgd` optimiser (the step-0 rate before any)."""
   rates = [s.hyperparams["learning_rate"]

@@ -75,11 +75,14 @@ class Phase:
     epochs: number of epochs.
     tx: optimiser (`optim.sgd` with the phase's schedule and trainable mask).
     train_batch_stats: False keeps BatchNorm statistics fixed (frozen backbone).
+    batch_size: the phase's batch size (None: `fit`'s), e.g. RIDE's routing stage at 512
+      after experts trained at 128; its schedule must count the phase's steps per epoch.
   """
   recipe: recipe_lib.Recipe
   epochs: int
   tx: optax.GradientTransformation
   train_batch_stats: bool = True
+  batch_size: int | None = None
 
 
 class Callback(Protocol):
@@ -174,23 +177,31 @@ class ProgressBar:
     num_samples: N (an epoch trains min(steps * B, N) images).
     file: where the bar goes (default sys.stderr); redrawn every TTY_INTERVAL_S on a
       terminal, every LOG_INTERVAL_S otherwise.
+    epoch_steps: steps of every epoch of the run when phases differ in batch size (None:
+      steps_per_epoch each); `set_phase` switches the per-epoch count.
   """
 
   def __init__(self, enabled: bool, *, total_epochs: int, start_epoch: int,
                steps_per_epoch: int, batch_size: int, num_samples: int,
-               file: TextIO | None = None):
+               file: TextIO | None = None, epoch_steps: Sequence[int] | None = None):
     file = sys.stderr if file is None else file
     interval = TTY_INTERVAL_S if file.isatty() else LOG_INTERVAL_S
     self.steps_per_epoch, self.batch_size, self.num_samples = (
         steps_per_epoch, batch_size, num_samples)
     self.total_epochs = total_epochs
-    self.bar = tqdm.tqdm(total=total_epochs * steps_per_epoch,
-                         initial=start_epoch * steps_per_epoch, disable=not enabled,
+    epoch_steps = ([steps_per_epoch] * total_epochs if epoch_steps is None
+                   else list(epoch_steps))
+    self.bar = tqdm.tqdm(total=sum(epoch_steps),
+                         initial=sum(epoch_steps[:start_epoch]), disable=not enabled,
                          unit="step", file=file, mininterval=interval,
                          maxinterval=max(interval, 10.0), dynamic_ncols=True)
     self._pending: collections.deque[jax.Array] = collections.deque()
     self._done, self._start = 0, time.perf_counter()
     self._shown: dict[str, str] = {"img/s": "-"}
+
+  def set_phase(self, steps_per_epoch: int, batch_size: int) -> None:
+    """The steps per epoch and batch size of the phase about to train."""
+    self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
 
   def start_epoch(self, epoch: int) -> None:
     """Starts counting the steps of 0-based global epoch `epoch`."""
@@ -325,20 +336,23 @@ def fit(model: Any, phases: Sequence[Phase],
     if not streamed:
       data = sharding.replicate(data, mesh)
   evaluator = None
+  batches = [phase.batch_size or batch_size for phase in phases]
+  steps = [loop_lib.steps_per_epoch(data.num_samples, b, drop_last) for b in batches]
   bar = ProgressBar(progress, total_epochs=total, start_epoch=start_epoch,
-                    steps_per_epoch=loop_lib.steps_per_epoch(data.num_samples, batch_size,
-                                                             drop_last),
-                    batch_size=batch_size, num_samples=data.num_samples)
+                    steps_per_epoch=steps[0], batch_size=batch_size,
+                    num_samples=data.num_samples,
+                    epoch_steps=[n for n, phase in zip(steps, phases) for _ in range(phase.epochs)])
   for p, (phase, (first, last)) in enumerate(zip(phases, bounds)):
     if last <= start_epoch or first >= end:
       continue
+    bar.set_phase(steps[p], batches[p])
     if p > 0 and first >= start_epoch and not (first == start_epoch and resumed.epoch_step):
       state = _next_phase(state, phase, counts)
     make_epoch = (
         functools.partial(streamed_lib.make_streamed_epoch, eval_batch_size=eval_batch_size)
         if streamed else functools.partial(loop_lib.make_train_epoch, loop=loop))
     train_epoch = make_epoch(
-        phase.recipe, model.apply, phase.tx, data, batch_size=batch_size,
+        phase.recipe, model.apply, phase.tx, data, batch_size=batches[p],
         num_epochs=phase.epochs, augment_fn=augment_fn, normalize_fn=normalize_fn,
         seed=seed, mesh=mesh, epoch_offset=first,
         train_batch_stats=phase.train_batch_stats, drop_last=drop_last)

@@ -22,7 +22,7 @@ import numpy as np
 from experiments import cli, timing
 from experiments import workdir as workdir_lib
 from experiments.cli import UserError
-from ltjax import augment, plots, reporting
+from ltjax import audio, augment, plots, reporting
 from ltjax import data as ltdata
 from ltjax import methods as ltmethods
 from ltjax import recipe as recipe_lib
@@ -31,7 +31,8 @@ from ltjax.training import loop, optim, schedules, sharding, trainer
 from ltjax.training.checkpoint import Checkpointer
 
 NORMALIZATIONS = ("cifar", "cifar_stats", "cinic10", "half", "dataset", "imagenet",
-                  "inat2018")
+                  "inat2018", "waveform")
+WAVEFORM = "waveform"  # config.normalize / config.augment.kind of raw-audio datasets
 STREAMED = "stream"  # config.input.pipeline of the datasets read by grain step by step
 # config.dataset.images of a streamed dataset: image files under image_root, or the TFDS
 # ArrayRecord records the split files name (ImageNet-LT: imagenet2012).
@@ -148,9 +149,19 @@ def normalizer(config: ml_collections.ConfigDict, train_images: np.ndarray | Non
   "cifar": the CIFAR constants of LDAM-DRW and its descendants (RGB images);
   "cifar_stats": the full CIFAR-10 / CIFAR-100 training set's mean / std (CIFAR_STATS);
   "cinic10", "imagenet", "half": the constants of CONSTANT_STATS (RGB images);
+  "waveform": int16 PCM / 32768, whole clips cut into config.augment.crops test crops of
+  config.augment.length samples (`ltjax.audio.WaveformInput`);
   otherwise, and for datasets those do not fit, the long-tailed training set's own stats.
   """
   kind = config.get("normalize", "cifar")
+  if kind == WAVEFORM:
+    length, crops = int(config.augment.length), int(config.augment.crops)
+    if train_images is not None and train_images.shape[-1] == length:
+      raise UserError(f"the clips are stored {length} samples wide, the model's input "
+                      "length (config.augment.length): whole clips and training crops "
+                      "would look alike; use clips of another length.")
+    return audio.WaveformInput(length, crops), {"scale": 1 / audio.PCM_SCALE,
+                                                "length": length, "crops": crops}
   if streamed(config):  # "imagenet" / "inat2018": the config's input.mean / input.std
     mean, std = tuple(config.input.mean), tuple(config.input.std)
   elif kind == "cifar" and train_images.shape[-1] == 3:
@@ -170,7 +181,12 @@ def augmenter(config: ml_collections.ConfigDict):
   """Training augmentation: random crop of the padded image (+ horizontal flip), on device.
 
   config.augment: pad, flip, pad_mode ("constant" zero padding, or e.g. "reflect").
+  Waveforms (config.augment.kind = "waveform"): a random crop of config.augment.length
+  samples of the zero-padded clip (`ltjax.audio.random_crop`).
   """
+  if config.augment.get("kind", "image") == WAVEFORM:
+    length = int(config.augment.length)
+    return lambda key, clips: audio.random_crop(key, clips, length)
   pad, flip = int(config.augment.pad), bool(config.augment.flip)
   if not pad and not flip:
     return None
@@ -225,7 +241,10 @@ def load_dataset(config: ml_collections.ConfigDict) -> ltdata.Dataset:
 
 
 def sample_shape(config: ml_collections.ConfigDict, ds: ltdata.Dataset) -> tuple[int, ...]:
-  """(H, W, C) of a training input: the array's, or the stream's crop (RGB)."""
+  """(H, W, C) of a training input: the array's, the stream's crop (RGB), or (L,) for
+  waveforms (the training crop)."""
+  if config.get("normalize") == WAVEFORM:
+    return (int(config.augment.length),)
   if streamed(config):
     return (config.input.train_size, config.input.train_size, 3)
   return tuple(ds.train_images.shape[1:])

@@ -7,6 +7,10 @@ Profiles (Cui et al. 2019; Cao et al. 2019, LDAM; used by every paper in SPEC se
   CIFAR-100, rho=100 -> 10,847 images.
 - step: the last round(mu * K) classes are minority with floor(n_max / rho) images, the
   others keep n_max.
+- pareto: n_i = floor(n_max * (i + 1) ** (-a)), a = ln(rho) / ln(K), a power (Pareto /
+  Zipf) law with n_{K-1} = n_max / rho before the floor (LOBM sec. 4.1, ESC-50-LT: "sample
+  the rest of examples following Pareto distribution"; with n_max = 32, K = 50, rho = 10
+  the counts run from 32 to 3).
 
 The images kept in each class come from a seeded per-class shuffle (the first n_i of it).
 The shuffle of class k depends only on (seed, k), so with one seed the subset for rho=100 is
@@ -22,7 +26,7 @@ from jax.typing import ArrayLike
 
 from ltjax import _checks
 
-PROFILES = ("exp", "step")
+PROFILES = ("exp", "step", "pareto")
 GROUP_NAMES = ("many", "medium", "few")
 
 # Relative tolerance under which a count that is an integer in exact arithmetic but lands
@@ -93,11 +97,27 @@ def step_counts(n_max: int, num_classes: int, rho: float, mu: float = 0.5) -> np
   return counts
 
 
+def pareto_counts(n_max: int, num_classes: int, rho: float) -> np.ndarray:
+  """Power-law (Pareto) profile: n_i = floor(n_max * (i + 1) ** (-ln(rho) / ln(K))).
+
+  The exponent puts the last class at n_max / rho before the floor (ESC-50-LT, LOBM sec.
+  4.1). Returns (K,) int64 non-increasing counts, counts[0] == n_max.
+  """
+  _check_profile_args(n_max, num_classes, rho)
+  if num_classes == 1:
+    return np.array([n_max], np.int64)
+  exponent = math.log(float(rho)) / math.log(num_classes)
+  return _exact_floor(n_max * np.arange(1, num_classes + 1, dtype=np.float64) ** -exponent)
+
+
 def longtail_counts(profile: str, n_max: int, num_classes: int, rho: float,
                     mu: float = 0.5) -> np.ndarray:
-  """Counts of the profile called `profile` ("exp" or "step"); `mu` is used by "step"."""
+  """Counts of the profile called `profile` ("exp", "step" or "pareto"); `mu` is used by
+  "step"."""
   if profile == "exp":
     return exponential_counts(n_max, num_classes, rho)
+  if profile == "pareto":
+    return pareto_counts(n_max, num_classes, rho)
   if profile == "step":
     return step_counts(n_max, num_classes, rho, mu)
   raise ValueError(f"Unknown imbalance profile {profile!r}; valid: {', '.join(PROFILES)}.")

@@ -130,22 +130,35 @@ class Forward(NamedTuple):
   model's output dict together with a Forward that carries the updated batch statistics.
   Model outputs: `logits` (B, K) and `features` (B, D); dual-branch models called with
   `x_rebalance=` also give `logits_c`, `logits_r`, `features_c`, `features_r`.
+
+  `dropout_key` (set by the training step): in training mode each call passes
+  `rngs={"dropout": k}` to the model, k a fresh split of the key (models with dropout,
+  e.g. EnvNet); None, or inference mode, passes no rngs.
   """
   apply_fn: Callable[..., Any]
   params: PyTree
   batch_stats: PyTree
   train: bool = True
+  dropout_key: jax.Array | None = None
+
+  def _rngs(self) -> tuple[dict[str, Any], "Forward"]:
+    """The call's `rngs` keyword (training with a dropout key) and the Forward after it."""
+    if not self.train or self.dropout_key is None:
+      return {}, self
+    key, rest = jax.random.split(self.dropout_key)
+    return {"rngs": {"dropout": key}}, self._replace(dropout_key=rest)
 
   def __call__(self, x: jax.Array, **kwargs) -> tuple[Outputs, "Forward"]:
     variables = {"params": self.params}
+    rngs, after = self._rngs()
     if not self.train or not self.batch_stats:
       if self.batch_stats:
         variables["batch_stats"] = self.batch_stats
-      return self.apply_fn(variables, x, train=self.train, **kwargs), self
+      return self.apply_fn(variables, x, train=self.train, **rngs, **kwargs), after
     variables["batch_stats"] = self.batch_stats
     outputs, updates = self.apply_fn(variables, x, train=True, mutable=["batch_stats"],
-                                     **kwargs)
-    return outputs, self._replace(batch_stats=updates["batch_stats"])
+                                     **rngs, **kwargs)
+    return outputs, after._replace(batch_stats=updates["batch_stats"])
 
 
 @dataclasses.dataclass(frozen=True)

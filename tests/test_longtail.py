@@ -62,7 +62,7 @@ def test_longtail_counts_dispatch():
   assert longtail.longtail_counts("exp", 5000, 10, 100).tolist() == CIFAR10_LT_100
   assert longtail.longtail_counts("step", 10, 4, 5, mu=0.5).tolist() == [10, 10, 2, 2]
   with pytest.raises(ValueError, match="profile"):
-    longtail.longtail_counts("pareto", 10, 4, 5)
+    longtail.longtail_counts("zipf", 10, 4, 5)
 
 
 @pytest.mark.parametrize("fn", [longtail.exponential_counts, longtail.step_counts])

@@ -377,7 +377,8 @@ def test_registry_names_and_dual_flag():
   assert set(models.MODELS) == {"resnet32", "resnet10", "resnet18", "resnet50",
                                 "resnet152", "resnet18_cifar", "small_cnn",
                                 "mlp", "dual_resnet32", "dual_small_cnn", "ride_resnet32",
-                                "ride_small_cnn", "ride_resnet10", "ride_resnet50"}
+                                "ride_small_cnn", "ride_resnet10", "ride_resnet50", "envnet",
+                                "envnetv2"}
   assert isinstance(models.get_model("resnet32", K), models.ResNetCifar)
   assert models.get_model("dual_resnet32", K, layout="block").layout == "block"
   assert models.is_dual_branch(models.get_model("dual_small_cnn", K))
@@ -386,7 +387,7 @@ def test_registry_names_and_dual_flag():
 
 
 def test_errors():
-  with pytest.raises(ValueError, match="valid models: dual_resnet32, dual_small_cnn, mlp"):
+  with pytest.raises(ValueError, match="valid models: dual_resnet32, dual_small_cnn, envnet, envnetv2, mlp"):
     models.get_model("resnet34", K)
   with pytest.raises(ValueError, match="Unknown head"):
     models.get_model("resnet32", K, head="cos")

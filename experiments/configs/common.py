@@ -13,7 +13,7 @@ comma-separated list of `key=value` (big_vision's `parse_arg` pattern):
 |          | "code": as its authors' public code trains it, which produced the        |
 |          | published tables (`ltjax.methods.protocols`; SPEC section 7)             |
 | rho      | imbalance ratio n_max / n_min of the training set                        |
-| profile  | "exp" or "step" long-tail profile                                        |
+| profile  | "exp", "step" or "pareto" (ESC-50-LT) long-tail profile                |
 | seed     | seed of the long-tailed subset *and* of training (one seed per run)      |
 | epochs   | run length (>= 1; omit it for the protocol's length); every              |
 |          | epoch-valued field (warm-up, milestones, DRW / deferral / stage-2        |

@@ -53,7 +53,8 @@ class ArrayDataset(_LabelledSplits):
 
   Attributes:
     train_images: (N, H, W, C) uint8 images; for the feature-valued `toy2d` set, (N, D)
-      float32 features (meta["kind"] == "features").
+      float32 features (meta["kind"] == "features"); for sound (`esc50_lt`), (N, T) int16
+      PCM waveforms, zero right-padded (meta["kind"] == "waveform").
     train_labels: (N,) int32.
     test_images: like train_images (balanced test set).
     test_labels: (M,) int32.
@@ -71,9 +72,12 @@ class ArrayDataset(_LabelledSplits):
   def __post_init__(self):
     for name in ("train", "test"):
       images = getattr(self, f"{name}_images")
-      if images.dtype not in (np.uint8, np.float32) or images.ndim not in (2, 4):
-        raise ValueError(f"{name}_images must be uint8 (N, H, W, C) images or float32 "
-                         f"(N, D) features, got {images.dtype} {images.shape}.")
+      waveforms = images.dtype == np.int16 and images.ndim == 2
+      if not waveforms and (images.dtype not in (np.uint8, np.float32)
+                            or images.ndim not in (2, 4)):
+        raise ValueError(f"{name}_images must be uint8 (N, H, W, C) images, float32 "
+                         f"(N, D) features or int16 (N, T) waveforms, got {images.dtype} "
+                         f"{images.shape}.")
       _check_split(name, images, getattr(self, f"{name}_labels"), self.num_classes)
 
   def select_train(self, indices: np.ndarray, **meta: Any) -> ArrayDataset:

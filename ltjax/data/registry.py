@@ -10,6 +10,8 @@
 | fashion_mnist_lt | ArrayDataset    | the four IDX .gz files                                    |
 | digits_lt        | ArrayDataset    | scikit-learn (embedded, no file)                          |
 | toy2d            | ArrayDataset    | generated (CP-Mix appendix B.1), (N, 2) float32 features  |
+| esc50_lt         | ArrayDataset    | the ESC-50 folder (meta/esc50.csv + audio/*.wav), int16   |
+|                  |                 | (N, T) waveforms (`ltjax.data.esc50`)                     |
 | imagenet_lt      | FileListDataset | ImageNet_LT_{train,test}.txt + image root                 |
 | places_lt        | FileListDataset | Places_LT_{train,test}.txt + image root                   |
 | inat2018         | FileListDataset | train2018.json / val2018.json + image root                |
@@ -19,8 +21,12 @@ Files are looked up in `data_dir` when given (a file or a folder), else in
 repository, and for Fashion-MNIST Debian's `/usr/share/datasets/fashion-mnist`; each
 folder is searched with its dataset subfolders (`cifar10_jpg`, `fashion_mnist`, ...).
 Decoded files are cached (`ltjax.data._io.cached`); plain directories are decoded every
-time. The first eight are made long-tailed by `make_longtail` (training split only);
+time. The first eight and esc50_lt are made long-tailed by `make_longtail` (training split only);
 ImageNet-LT, Places-LT and iNaturalist are long-tailed already.
+
+ESC-50-LT (LOBM sec. 4.1): one ESC-50 fold (8 clips per class) is the validation set, the
+other 32 clips per class are subsampled by the Pareto profile n_i = floor(32 (i + 1) ^
+(-ln(rho) / ln 50)), rho = 10 by default (the paper's ratio; counts 32 down to 3).
 
 CINIC-10-LT, SVHN-LT and Tiny-ImageNet-LT are the MAMix paper's further benchmarks
 (sec. 4.1, Tables 3, 4, 11, 13, 14): exponential profile, rho = 100 by default (the
@@ -37,17 +43,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ltjax.data import cifar, cinic, filelists, idx, image_folder, small, svhn, tiny_imagenet
+from ltjax.data import (cifar, cinic, esc50, filelists, idx, image_folder, small, svhn,
+                        tiny_imagenet)
 from ltjax.data._io import Arrays, cached
 from ltjax.data.dataset import ArrayDataset, Dataset, make_longtail
 
 DATASETS = ("cifar10_lt", "cifar100_lt", "cinic10_lt", "svhn_lt", "tiny_imagenet_lt",
-            "fashion_mnist_lt", "digits_lt", "toy2d", "imagenet_lt", "places_lt", "inat2018")
+            "fashion_mnist_lt", "digits_lt", "toy2d", "imagenet_lt", "places_lt", "inat2018",
+            "esc50_lt")
 # (profile, rho) used when get_dataset is called without them.
 DEFAULT_LONGTAIL = {"cifar10_lt": ("exp", 100.0), "cifar100_lt": ("exp", 100.0),
                     "fashion_mnist_lt": ("exp", 100.0), "digits_lt": ("exp", 10.0),
                     "toy2d": ("step", 20.0), "cinic10_lt": ("exp", 100.0),
-                    "svhn_lt": ("exp", 100.0), "tiny_imagenet_lt": ("exp", 100.0)}
+                    "svhn_lt": ("exp", 100.0), "tiny_imagenet_lt": ("exp", 100.0),
+                    "esc50_lt": ("pareto", 10.0)}
 CIFAR_SOURCES = ("auto", "folder", "archive", "tfds")
 SVHN_SOURCES = ("files", "tfds")
 _REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -299,6 +308,53 @@ def load_tiny_imagenet(data_dir: str | os.PathLike | None = None,
                   cache_dir, use_cache, _TINY_HOW)
 
 
+_ESC50_SUBDIRS = ("ESC-50-master", "ESC-50", "esc50")
+
+
+def load_esc50(data_dir: str | os.PathLike | None = None,
+               cache_dir: str | os.PathLike | None = None, sample_rate: int = 16000,
+               val_fold: int = 1, trim: bool = True, use_cache: bool = True) -> ArrayDataset:
+  """ESC-50 as int16 (N, T) waveforms at `sample_rate`: the training pool (folds other than
+  `val_fold`, 32 clips per class) and the validation fold (8 per class), `ltjax.data.esc50`.
+
+  Args:
+    data_dir: the ESC-50 folder (holding meta/esc50.csv and audio/), or a folder to search.
+    cache_dir: decoded-array cache (decoding and resampling 2,000 clips takes a minute).
+    sample_rate: 16000 (EnvNet) or 44100 (EnvNet-v2); files at another rate are resampled.
+    val_fold: ESC-50 fold held out for validation (1..5).
+    trim: remove leading / trailing zero samples (the BC-learning preparation).
+    use_cache: read / write the cache.
+
+  Raises:
+    FileNotFoundError: no folder with meta/esc50.csv and audio/, or a listed clip missing.
+    DataError: a bad CSV or WAV file.
+  """
+  dirs = search_dirs(data_dir, _ESC50_SUBDIRS)
+  root = next((d for d in dirs if esc50.is_esc50_folder(d)), None)
+  if root is None:
+    raise FileNotFoundError(
+        f"ESC-50 not found: looked for {'/'.join(esc50.CSV_PATH)} and {esc50.AUDIO_DIR}/ "
+        f"(the *.wav clips) in {', '.join(map(str, dirs))}. Get {esc50.ESC50_URL}, unpack "
+        "it and pass its folder as data_dir= (--config.dataset.data_dir=...), or set "
+        "LTJAX_DATA_DIR.")
+  esc50.split_by_fold(np.array([val_fold]), val_fold)  # validates val_fold before decoding
+  csv_path = root.joinpath(*esc50.CSV_PATH)
+  rows, _ = esc50.read_metadata(csv_path)
+  sources = [csv_path] + [root / esc50.AUDIO_DIR / name for name, _, _ in rows]
+  missing = [str(p) for p in sources if not p.is_file()]
+  if missing:
+    raise FileNotFoundError(f"{len(missing)} clips listed in {csv_path} are missing, e.g. "
+                            f"{missing[0]}; the ESC-50 folder needs every clip in "
+                            f"{esc50.AUDIO_DIR}/ ({esc50.ESC50_URL}).")
+  build = lambda: esc50.load_esc50_arrays(root, sample_rate, val_fold, trim)
+  arrays, info = cached(f"esc50-{sample_rate}hz-fold{val_fold}-{'trim' if trim else 'raw'}",
+                        sources, build, cache_dir=cache_dir, use_cache=use_cache,
+                        how_to_get=esc50.ESC50_URL)
+  return _array_dataset(arrays, {"source": str(root), "format": "esc50", "kind": "waveform",
+                                 "sample_rate": int(sample_rate), "val_fold": int(val_fold),
+                                 "trim": bool(trim), **info})
+
+
 def _long_tailed(loader: Callable[..., Dataset], name: str) -> Callable[..., Dataset]:
   def load(*, data_dir, cache_dir, rho, profile, seed, mu, **kw) -> Dataset:
     default_profile, default_rho = DEFAULT_LONGTAIL[name]
@@ -337,6 +393,7 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
     "fashion_mnist_lt": _long_tailed(load_fashion_mnist, "fashion_mnist_lt"),
     "digits_lt": _long_tailed(_without_files(small.digits), "digits_lt"),
     "toy2d": _long_tailed(_without_files(small.toy2d), "toy2d"),
+    "esc50_lt": _long_tailed(load_esc50, "esc50_lt"),
     "imagenet_lt": _already_long_tailed(
         lambda d, **kw: filelists.load_split_lists("imagenet_lt", d, **kw)),
     "places_lt": _already_long_tailed(
@@ -357,12 +414,13 @@ def get_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
       docstring); for imagenet_lt / places_lt / inat2018, the split / annotation folder.
     cache_dir: decoded-array cache (default `$LTJAX_CACHE_DIR` or `~/.cache/ltjax`).
     rho: imbalance ratio (default DEFAULT_LONGTAIL; must be None for the file-list sets).
-    profile: "exp" or "step" (default DEFAULT_LONGTAIL).
+    profile: "exp", "step" or "pareto" (default DEFAULT_LONGTAIL).
     seed: seed of the long-tailed subsample (recorded in meta).
     mu: minority fraction of the step profile.
     **kw: loader options: `source`, `use_cache`, `download` (CIFAR, SVHN: source "files"
       or "tfds"); `eval_split` ("test" or "valid", CINIC-10); `use_cache` (CINIC-10,
-      Tiny-ImageNet, Fashion-MNIST); `split_seed` (digits); `data_seed` (toy2d); `image_root`,
+      Tiny-ImageNet, Fashion-MNIST); `split_seed` (digits); `data_seed` (toy2d);
+      `sample_rate`, `val_fold`, `trim`, `use_cache` (ESC-50); `image_root`,
       `class_names` (ImageNet-LT / Places-LT); `image_root` (iNaturalist).
 
   Returns:

@@ -19,6 +19,16 @@ inference mode (no gradient, running BN statistics) by default, or in pixel spac
 (`pairing_space="pixels"`). A same-class partner has the same label, so SMOTE-Mix's label
 is the hard label whatever the rule.
 
+Sound (LOBM sec. 4.3, ESC-50-LT: "mixup is replaced by between-class (BC) learning"):
+`input_mix="bc"` mixes the inputs by BC learning's rule (Tokozume et al. 2018,
+`ltjax.audio.bc_mix`): x = (p x_a + (1 - p) x_b) / sqrt(p^2 + (1 - p)^2), p from lam and
+the two waveforms' A-weighted gains at `sample_rate`; the label keeps lam (the rule's lam_y
+of lam). BC draws r ~ U(0, 1) per example: alpha = 1 with `per_sample_lambda=True`. The
+reference redraws a pair until its labels differ; here a pair keeps its draw (same-label
+pairs are allowed: their mix is a louder / quieter example of one class, its label that
+class), so that the pairing law stays the method's own (e.g. LOBM's two independent
+class-balanced draws); with K = 50 such pairs are 2 % of LOBM's.
+
 MAMix uses the paper convention (x = lam x_a + (1 - lam) x_b, `label_rules.mamix`); the
 reference package's convention (`label_rules.mamix_reference`) gives the same distribution
 of (input, label) pairs, so it is not a separate recipe option.
@@ -38,12 +48,13 @@ from typing import NamedTuple
 
 import jax
 
-from ltjax import _checks, label_rules, mixing, pairing, recipe
+from ltjax import _checks, audio, label_rules, mixing, pairing, recipe
 from ltjax.methods import common
 
 PAIRINGS = ("random", "smote", "neighbor")
 PAIRING_SPACES = ("features", "pixels")
 LABEL_RULES = {"vanilla": (), "remix": ("kappa", "tau"), "mamix": ("omega",)}
+INPUT_MIXES = ("linear", "bc")  # lam x_a + (1 - lam) x_b; between-class learning (sound)
 
 
 class MixedBatch(NamedTuple):
@@ -55,8 +66,12 @@ class MixedBatch(NamedTuple):
 
 def mix_batch(key: jax.Array, x_a: jax.Array, labels_a: jax.Array, x_b: jax.Array,
               labels_b: jax.Array, counts: jax.Array, *, alpha: float,
-              rule: label_rules.Rule, per_sample: bool = False) -> MixedBatch:
+              rule: label_rules.Rule, per_sample: bool = False, input_mix: str = "linear",
+              sample_rate: int = 16000) -> MixedBatch:
   """Mixes two aligned batches: x = lam x_a + (1 - lam) x_b, y = lam_y y_a + (1 - lam_y) y_b.
+
+  With input_mix="bc" the inputs (waveforms) are mixed by `ltjax.audio.bc_mix(x_a, x_b,
+  lam, sample_rate)` instead; the labels are the same.
 
   Args:
     key: PRNG key for lambda.
@@ -66,14 +81,30 @@ def mix_batch(key: jax.Array, x_a: jax.Array, labels_a: jax.Array, x_b: jax.Arra
     alpha: Beta(alpha, alpha) parameter.
     rule: `lam_y = rule(lam, n_a, n_b)` from `ltjax.label_rules`.
     per_sample: one lambda per sample instead of one per batch.
+    input_mix: "linear" (mixup) or "bc" (between-class learning on (B, L) waveforms).
+    sample_rate: the waveforms' rate for "bc" (16000 or 44100; sets the gain's frames).
 
   Returns:
     MixedBatch(x, MixedLabels(labels_a, labels_b, lam_y (B,)), lam (() or (B,))).
   """
   lam = mixing.sample_lambda(key, alpha, (labels_a.shape[0],) if per_sample else ())
   lam_y = rule(lam, counts[labels_a], counts[labels_b])
-  return MixedBatch(mixing.mix_inputs(x_a, x_b, lam),
-                    mixing.MixedLabels(labels_a, labels_b, lam_y), lam)
+  if input_mix == "bc":
+    x = audio.bc_mix(x_a, x_b, lam, sample_rate)
+  elif input_mix == "linear":
+    x = mixing.mix_inputs(x_a, x_b, lam)
+  else:
+    raise ValueError(f"Unknown input_mix {input_mix!r}; valid: {', '.join(INPUT_MIXES)}.")
+  return MixedBatch(x, mixing.MixedLabels(labels_a, labels_b, lam_y), lam)
+
+
+def check_input_mix(input_mix: str, sample_rate: int) -> None:
+  """Raises ValueError for an unknown input mix, or BC at a rate without a gain frame."""
+  if input_mix not in INPUT_MIXES:
+    raise ValueError(f"Unknown input_mix {input_mix!r}; valid: {', '.join(INPUT_MIXES)}.")
+  if input_mix == "bc" and sample_rate not in audio.N_FFT:
+    raise ValueError(f"input_mix='bc' needs sample_rate in {sorted(audio.N_FFT)} (the BC "
+                     f"gain's frame lengths), got {sample_rate}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +121,9 @@ class Mixup(common.SupervisedRecipe):
     per_sample_lambda: one lambda per sample (default: one per batch, reference code).
     clean_pass: also run the clean batch through the model in training mode before the
       mixed pass, output unused (imbalanced-DL code; see the module docstring).
+    input_mix: "linear" (mixup) or "bc" (between-class learning, sound; module docstring).
+    sample_rate: the waveforms' sampling rate for input_mix="bc" (16000 EnvNet, 44100
+      EnvNet-v2).
     criterion: supervised loss (default cross-entropy; "_drw" names add DRW).
   """
   name: str = "mixup"
@@ -102,10 +136,13 @@ class Mixup(common.SupervisedRecipe):
   pairing_space: str = "features"
   per_sample_lambda: bool = False
   clean_pass: bool = False
+  input_mix: str = "linear"
+  sample_rate: int = 16000
 
   def __post_init__(self):
     super().__post_init__()
     _checks.check_positive(self.alpha, "alpha")
+    check_input_mix(self.input_mix, self.sample_rate)
     if self.label_rule not in LABEL_RULES:
       raise ValueError(f"Unknown label rule {self.label_rule!r} for mixup; valid: "
                        f"{', '.join(LABEL_RULES)}.")
@@ -145,7 +182,8 @@ class Mixup(common.SupervisedRecipe):
     partner = self.partners(keys["pair"], forward, x, labels)
     mixed = mix_batch(keys["lam"], x, labels, common.take(x, partner),
                       common.take(labels, partner), ctx.class_counts, alpha=self.alpha,
-                      rule=self.rule(), per_sample=self.per_sample_lambda)
+                      rule=self.rule(), per_sample=self.per_sample_lambda,
+                      input_mix=self.input_mix, sample_rate=self.sample_rate)
     if self.clean_pass:
       _, forward = forward(x)
     loss, _, forward = self.supervised(forward, mixed.x, mixed.labels, ctx)

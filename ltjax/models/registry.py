@@ -15,6 +15,8 @@
 | ride_resnet10   | RIDE ResNet-10, 3 experts (stages 3-4 each)     | 224x224 ImageNet |
 | ride_resnet50   | RIDE ResNet-50, 3 experts (stages 3-4 each)     | 224x224 ImageNet |
 | ride_small_cnn  | multi-expert SmallCNN (num_experts=, widths=)   | 8x8 .. 32x32     |
+| envnet          | EnvNet (48.6 M at K=50; widths=, hidden=)       | 16 kHz waveform  |
+| envnetv2        | EnvNet-v2 (101.3 M at K=50; widths=, hidden=)   | 44.1 kHz wave    |
 
 Every ride_* model takes num_experts=, routers= (RIDE's expert-assignment routers) and
 top_choices=; ride_resnet* also reduce_dimension=.
@@ -29,6 +31,7 @@ from typing import Any, Callable
 
 from flax import linen as nn
 
+from ltjax.models import envnet as envnet_lib
 from ltjax.models import (dual_branch, heads, precision, resnet_cifar, resnet_imagenet, ride,
                           small)
 
@@ -47,6 +50,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "ride_resnet10": ride.ride_resnet10,
     "ride_resnet50": ride.ride_resnet50,
     "ride_small_cnn": ride.ride_small_cnn,
+    "envnet": envnet_lib.envnet,
+    "envnetv2": envnet_lib.envnet_v2,
 }
 
 

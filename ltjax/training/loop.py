@@ -58,6 +58,9 @@ AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 NormalizeFn = Callable[[jax.Array], jax.Array]
 Metrics = dict[str, jax.Array]
 LOOPS = ("scan", "steps", "auto")
+# fold_in(step key, DROPOUT_STREAM): the step's dropout key (`recipe.Forward.dropout_key`),
+# apart from the recipe's `ctx.keys(...)` (fold_in of 0, 1, ...).
+DROPOUT_STREAM = 0x64726F70
 
 
 def steps_per_epoch(num_samples: int, batch_size: int, drop_last: bool = True) -> int:
@@ -254,7 +257,8 @@ def train_step(inputs: StepInputs, state: TrainState, data: recipe_lib.DeviceDat
       transform=make_transform(augment_fn, inputs.normalize_fn, mesh))
 
   def loss_fn(params: Any) -> tuple[jax.Array, recipe_lib.LossOutput]:
-    forward = recipe_lib.Forward(apply_fn, params, state.batch_stats)
+    forward = recipe_lib.Forward(apply_fn, params, state.batch_stats,
+                                 dropout_key=jax.random.fold_in(ctx.key, DROPOUT_STREAM))
     return recipe.loss(forward, ctx, state.method_state)
 
   (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -6,7 +6,7 @@ warm-up, milestones and factors are then inputs of the compiled step, not consta
 into it, and a run with another learning rate reuses the compiled executable. Schedules
 compare and hash by identity (`eq=False`), so `jax.jit(schedule)` works.
 
-Linear warm-up over the first `warmup_epochs` epochs, in one of two units:
+Warm-up over the first `warmup_epochs` epochs, linear in one of two units or constant:
 
 - `warmup_unit="epoch"` (default; LDAM-DRW / ImbalancedDL / CMO `adjust_learning_rate`,
   set once per epoch): for epoch e < warmup_epochs (0-based),
@@ -15,6 +15,9 @@ Linear warm-up over the first `warmup_epochs` epochs, in one of two units:
   `LambdaLR` stepped after every optimiser step): for global step t < W = warmup_epochs *
   steps_per_epoch, `lr = base_lr * t / W`, so the first step trains at lr 0. The code's
   steps_per_epoch is `len(train_loader)` = ceil(N / B) (drop_last=False).
+- `warmup_unit="constant"` (BC-learning code, mil-tokyo/bc_learning_sound train.py
+  `lr_schedule`: `if epoch <= warmup: decay = 1` on its 1-based epoch): a constant warm-up,
+  `lr = CONSTANT_WARMUP_FACTOR * base_lr` (0.1) for epochs e < warmup_epochs, then base_lr.
 
 A milestone m (0-based epoch) applies from the first step of epoch m on, which is what
 `if epoch > 160` on the reference's 1-based epoch counter does, and what the DBN-Mix code's
@@ -37,7 +40,8 @@ import jax.numpy as jnp
 from ltjax import _checks
 
 SCHEDULES = ("multistep", "cosine", "constant")
-WARMUP_UNITS = ("epoch", "step")
+WARMUP_UNITS = ("epoch", "step", "constant")
+CONSTANT_WARMUP_FACTOR = 0.1  # warmup_unit="constant": the BC-learning code's LR * 0.1
 
 
 def _check_common(base_lr: float, steps_per_epoch: int, warmup_epochs: int,
@@ -56,9 +60,12 @@ def _warmup_factor(step: jax.Array, steps_per_epoch: jax.Array, warmup_epochs: j
   """Linear warm-up factor of a global step (see the module docstring), 1 after it.
 
   "epoch": (e + 1) / warmup_epochs with e = step // steps_per_epoch; "step":
-  step / (warmup_epochs * steps_per_epoch); 1 throughout when warmup_epochs is 0.
+  step / (warmup_epochs * steps_per_epoch); "constant": 0.1 for e < warmup_epochs; 1
+  throughout when warmup_epochs is 0.
   """
   warmup = jnp.maximum(warmup_epochs, 1).astype(jnp.float32)
+  if warmup_unit == "constant":
+    return jnp.where(step // steps_per_epoch < warmup_epochs, CONSTANT_WARMUP_FACTOR, 1.0)
   if warmup_unit == "epoch":
     progress = (step // steps_per_epoch + 1).astype(jnp.float32) / warmup
   else:

@@ -43,7 +43,9 @@ def paper_row(dataset: str, method: str, kind: str) -> tuple:
       return ("resnet50", 256, 100, 0.1, 2e-4, "rrc", 0.4)
     return ("resnet50", 512, 100, 0.2, 2e-4, "rrc", 0.0)
   if dataset == "imagenet_lt":
-    if method in ("lobm", "lobm_star"):  # LOBM sec. 4.2: ResNet-10, 90 epochs, lr 0.2
+    # LOBM sec. 4.2 (ResNet-10, 90 epochs, lr 0.2), for its own rows and its baselines
+    # rows of Table 2 (CB Samp., CB Samp.*).
+    if method in ("lobm", "lobm_star", "cb_sampling", "drs"):
       return ("resnet10", 256, 90, 0.2, 2e-4, "rrc", 0.4)
     if method in BILATERAL:  # DBN-Mix sec. 4.2: ResNet-50, batch 256, lr 0.2, wd 2e-4
       return ("resnet50", 256, 90, 0.2, 2e-4, "resize", 0.0)

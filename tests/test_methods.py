@@ -184,6 +184,45 @@ def test_erm_loss_is_criterion_on_clean_batch():
   np.testing.assert_allclose(loss, np_ce(W[clean], Y[clean]), rtol=1e-5)
 
 
+def test_cb_sampling_draws_classes_uniformly_and_images_uniformly_within():
+  """CB Samp. (LOBM Table 1, Shen et al. 2016): P(x_i) = 1 / (K n_{y_i}); the loss is
+  cross-entropy on exactly the drawn images."""
+  recipe_ = methods.get_recipe("cb_sampling", num_epochs=10)
+  drawn = []
+  for seed in range(150):
+    loss, out, [(x, _)], _ = run(recipe_, make_ctx(jax.random.key(seed)))
+    idx = np.asarray(out.draws["indices"])
+    np.testing.assert_allclose(x, np.eye(N)[idx])
+    np.testing.assert_allclose(loss, np_ce(W[idx], Y[idx]), rtol=1e-5)
+    drawn.append(idx)
+  drawn = np.concatenate(drawn)
+  assert stats.chisquare(np.bincount(LABELS[drawn], minlength=K)).pvalue > 1e-3
+  tail = drawn[LABELS[drawn] == 0]  # the head class: 36 images, each 1 / 36 of its draws
+  assert stats.chisquare(np.bincount(tail, minlength=COUNTS[0])).pvalue > 1e-3
+
+
+def test_drs_is_instance_balanced_before_defer_epoch_and_class_balanced_after():
+  recipe_ = methods.get_recipe("drs", num_epochs=10)
+  assert recipe_.defer_epoch == 8  # the first LR decay, 160 of 200 (as LOBM*)
+  clean = np.arange(B)  # all of class 0
+  before = [np.asarray(run(recipe_, make_ctx(jax.random.key(s), epoch=7, clean=clean)
+                           ).out.draws["indices"]) for s in range(3)]
+  for idx in before:
+    np.testing.assert_array_equal(idx, clean)
+  after = np.concatenate([run(recipe_, make_ctx(jax.random.key(s), epoch=8, clean=clean)
+                              ).out.draws["indices"] for s in range(100)])
+  assert stats.chisquare(np.bincount(LABELS[after], minlength=K)).pvalue > 1e-3
+
+
+def test_erm_sampler_options_are_checked():
+  with pytest.raises(ValueError, match="Unknown sampler 'balanced'"):
+    methods.ERM(sampler="balanced")
+  with pytest.raises(ValueError, match="defer_epoch defers a sampler"):
+    methods.ERM(defer_epoch=3)
+  assert methods.ERM(sampler="reverse").requirements().draws == (samplers.Law("reverse"),)
+  assert methods.ERM().requirements().draws == ()
+
+
 # ----------------------------------------------------------------------------- mixup family
 
 def np_remix(lam, na, nb, kappa=3.0, tau=0.5):
@@ -580,7 +619,7 @@ def test_cmo_pastes_one_foreground_box_and_labels_by_its_area():
 # ----------------------------------------------------------------------------- registry
 
 def test_registry_names_and_epoch_defaults():
-  assert len(methods.METHODS) == 31
+  assert len(methods.METHODS) == 33
   for name in methods.METHODS:
     r = methods.get_recipe(name, num_epochs=200)
     assert r.name == name

@@ -65,6 +65,8 @@ def cifar(kind, eta=3.0, finetune_lr=0.1):
            "ldam_drw": with_recipe(ldam, drw_epoch=160), "cmo": with_recipe(ldam, alpha=1.0),
            "lobm": with_recipe(ldam, alpha=1.0),
            "lobm_star": with_recipe(ldam, alpha=1.0, defer_epoch=160),
+           # LOBM Table 1's class-balanced sampling rows on LOBM's CIFAR recipe.
+           "cb_sampling": ldam, "drs": with_recipe(ldam, defer_epoch=160),
            # LOBM sec. 4.2 / Table 1: its manifold-mixup baseline on the LOBM CIFAR recipe.
            "manifold_mixup": with_recipe(ldam, alpha=1.0, layers=MANIFOLD_LAYERS)}
   for name in MIXUP:
@@ -121,6 +123,8 @@ def large(kind, base, *, drw, alpha, dbn, lobm, defer, cp_mix, otmix=None, ride=
   # methods (LOBM sec. 4.2 states alpha=0.2 on ImageNet-LT for every mixup baseline).
   table["manifold_mixup"] = with_recipe(base, alpha=1.0, layers=MANIFOLD_LAYERS)
   table["lobm_star"] = with_recipe(lobm, alpha=alpha, defer_epoch=defer)
+  table["cb_sampling"] = lobm
+  table["drs"] = with_recipe(lobm, defer_epoch=defer)
   unit = "step" if kind == "code" else "epoch"
   table["dbn_mix"] = table["sbn_mix"] = with_recipe({**base, "unit": unit}, **dbn)
   table["cp_mix"] = cp_mix

@@ -13,7 +13,7 @@ comma-separated list of `key=value` (big_vision's `parse_arg` pattern):
 |          | "code": as its authors' public code trains it, which produced the        |
 |          | published tables (`ltjax.methods.protocols`; SPEC section 7)             |
 | rho      | imbalance ratio n_max / n_min of the training set                        |
-| profile  | "exp", "step" or "pareto" (ESC-50-LT) long-tail profile                |
+| profile  | "exp", "step" or "pareto" (ESC-50-LT) long-tail profile                  |
 | seed     | seed of the long-tailed subset *and* of training (one seed per run)      |
 | epochs   | run length (>= 1; omit it for the protocol's length); every              |
 |          | epoch-valued field (warm-up, milestones, DRW / deferral / stage-2        |
@@ -85,6 +85,11 @@ Nested = dict[str, Any]
 # The seed papers' methods and the two baselines: what the quickstart compares.
 SEED_METHODS = ("erm", "mixup", "lobm", "lobm_star", "dbn_mix", "sbn_mix", "cp_mix",
                 "otmix", "mamix_drw", "remix_drw", "mixup_drw")
+
+# Methods trained on LOBM's per-dataset recipe (its Table 1 rows): LOBM, LOBM* and the
+# class-balanced sampling baselines; the deferred ones switch at its first decay.
+LOBM_TABLE = ("lobm", "lobm_star", "cb_sampling", "drs")
+LOBM_DEFERRED = ("lobm_star", "drs")
 
 # Smoke-test variant (`quick=True`): short run, small model, evaluation every epoch.
 QUICK: Nested = {"num_epochs": 4, "batch_size": 64, "model": {"name": "small_cnn"},

@@ -84,7 +84,7 @@ METHOD_OVERRIDES = common.per_method(
     (common.DRW_METHODS, {"recipe": {"drw_epoch": 160}}),
     (common.MIXUP_FAMILY + ("lobm", "lobm_star", "dbn_mix", "sbn_mix"),
      {"recipe": {"alpha": 0.2}}),
-    (("lobm_star",), {"recipe": {"defer_epoch": 120}}),
+    (common.LOBM_DEFERRED, {"recipe": {"defer_epoch": 120}}),
     (("dbn_mix", "sbn_mix"), {"recipe": {"eta": 10.0, "eps": 0.02},
                               "input": {"crop": "resize_random"}}),
     (("dbn_mix",), {"reproduces": "DBN-Mix Table 3 (74.7 %)"}),

@@ -55,7 +55,7 @@ BASE = common.protocols.merge(common.STREAM_BASE, {
 })
 METHOD_OVERRIDES = common.per_method(
     (common.DRW_METHODS, {"recipe": {"drw_epoch": 15}}),
-    (("lobm_star",), {"recipe": {"defer_epoch": 5}}),
+    (common.LOBM_DEFERRED, {"recipe": {"defer_epoch": 5}}),
     (("cp_mix",), {"recipe": {"stage2_epoch": 15, "alpha": 1.0, "gamma_cp": 2.0,
                               "gamma_mix": 2.0},
                    "finetune": {"num_epochs": 0},

@@ -229,6 +229,12 @@ def _lobm(recipe: Mapping[str, Any], table: str) -> dict[str, Protocol]:
                code_source=_NO_CODE)
 
 
+def _cb_sampling(recipe: Mapping[str, Any], table: str) -> dict[str, Protocol]:
+  """LOBM's class-balanced sampling rows (Table 1): its CIFAR recipe, no mixing."""
+  return _pair({"recipe": dict(recipe), "source": _LOBM_PAPER}, None, table=table,
+               code_source=_NO_CODE)
+
+
 _MANIFOLD = _pair({"recipe": {"alpha": 1.0, "layers": (0, 1, 2)}, "source": _MANIFOLD_PAPER},
                   None, table="LOBM Table 1, Manifold Mixup (errors 30.2 / 60.4 on CIFAR-10 / "
                               "100-LT, rho=100)", code_source=_NO_CODE)
@@ -381,6 +387,10 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
                       "rho=100)"),
     "lobm_star": _lobm({"defer_epoch": 160}, "LOBM Table 1, 'Ours*' (errors 21.3 / 53.8 on "
                                              "CIFAR-10 / 100-LT, rho=100)"),
+    "cb_sampling": _cb_sampling({}, "LOBM Table 1, 'CB Samp.' (errors 31.6 / 68.1 on "
+                                    "CIFAR-10 / 100-LT, rho=100)"),
+    "drs": _cb_sampling({"defer_epoch": 160}, "LOBM Table 1, 'CB Samp.*' (errors 26.5 / "
+                                              "58.5 on CIFAR-10 / 100-LT, rho=100)"),
     "sbn_mix": _bilateral({"clean_pass": True}, "DBN-Mix Table 1, SBN-Mix (76.33 / 45.07 on "
                                                 "CIFAR-10 / 100-LT, rho=100)"),
     "dbn_mix": _bilateral({"trunk": "separate"}, "DBN-Mix Table 1, DBN-Mix (83.47 / 51.04 on "

@@ -36,6 +36,8 @@ _REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {
     "drw": (erm.ERM, {}),
     "ldam_drw": (erm.ERM, {"kind": "ldam"}),
     "balanced_softmax": (erm.ERM, {"kind": "balanced_softmax"}),
+    "cb_sampling": (erm.ERM, {"sampler": "class_balanced"}),
+    "drs": (erm.ERM, {"sampler": "class_balanced"}),  # deferred: defer_epoch
     "cmo": (otmix.OTmix, {"ot": False}),
     "mixup": (mixup.Mixup, {}),
     "mixup_drw": (mixup.Mixup, {}),

@@ -10,7 +10,7 @@ horizontal flip, ColorJitter(0.4, 0.4, 0.4), and batch `--batch_size` images:
   `draft_size=--size`: JPEG DCT scaling), with a `ClassLawSampler` (class-balanced) or
   grain's shuffled `IndexSampler`, and `pipeline.train_transforms`; batches of uint8
   (B, H, W, C), normalised later on the device. `ltjax_stream*`: what training reads
-  through, `ltjax.data.stream.epoch_feeds` of a `StreamedDataset` (every step's shuffled
+  through, `ltjax.data.stream.FeedStream` of a `StreamedDataset` (every step's shuffled
   clean batch, as ERM's `fit` reads it; grain `mp_prefetch` workers).
 - torch: `torchvision.datasets.ImageFolder` + `DataLoader(shuffle)` with
   `RandomResizedCrop`, `RandomHorizontalFlip`, `ColorJitter` on PIL images and
@@ -130,11 +130,11 @@ def ltjax_batches(config: Config, paths: Sequence[str], labels: np.ndarray,
 
 def stream_batches(source: pipeline.ImageFileSource, labels: np.ndarray,
                    args: argparse.Namespace, workers: int, seed: int) -> Iterator[int]:
-  """Sizes of the clean batches `stream.epoch_feeds` reads for training, endless.
+  """Sizes of the clean batches `stream.FeedStream` reads for training, endless.
 
   One long "epoch" of `STREAM_PASSES` shuffled passes over the files, so that the timing is
   the steady state of a real epoch (thousands of steps), not the start-up of grain's worker
-  processes, which every epoch pays once (`stream.epoch_feeds` starts them).
+  processes (`benchmarks/stream_epochs.py` times that).
   """
   from ltjax.data import stream  # pylint: disable=import-outside-toplevel
   data = stream.StreamedDataset(source, labels, args.num_classes,
@@ -145,7 +145,7 @@ def stream_batches(source: pipeline.ImageFileSource, labels: np.ndarray,
   steps = len(order) // args.batch_size
   rows = tuple(order[i * args.batch_size:(i + 1) * args.batch_size] for i in range(steps))
   plan = stream.EpochPlan(seed=seed, rows=rows, first_step=0, laws=(), refill=0)
-  for fed in stream.epoch_feeds(data, plan, 0, None):
+  for fed in stream.FeedStream(data, lambda _: plan, 1, steps).feeds(0):
     yield fed.clean.images.shape[0]
 
 

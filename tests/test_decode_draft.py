@@ -105,17 +105,18 @@ def test_train_transforms_run_in_worker_processes(jpeg_files):
     return [b for _, b in zip(range(4), loader)]
 
   in_process, workers = batches(0), batches(2)
-  # With 2 workers, worker w batches records w, w + 2, ...; batches alternate between them.
-  for j, batch in enumerate(workers):
-    w, n = j % 2, j // 2
-    records = [w + 2 * (3 * n + i) for i in range(3)]
-    np.testing.assert_array_equal(batch["index"], [sampler[r].record_key for r in records])
+  # Batch j holds records 3j, 3j + 1, 3j + 2 wherever it is read, each augmented by its
+  # own generator: worker processes change nothing.
+  for j, (batch, alone) in enumerate(zip(workers, in_process)):
+    np.testing.assert_array_equal(batch["index"],
+                                  [sampler[3 * j + i].record_key for i in range(3)])
     assert batch["image"].shape == (3, 32, 32, 3) and batch["image"].dtype == np.uint8
-  # A record's augmentation depends on (seed, record) only, not on where it runs.
-  by_record = np.concatenate([b["image"] for b in in_process])  # records 0, 1, ..., 11
-  for j, batch in enumerate(workers[:2]):
-    for i, image in enumerate(batch["image"]):
-      np.testing.assert_array_equal(image, by_record[j + 2 * i])
+    for key in ("image", "label", "index"):
+      np.testing.assert_array_equal(batch[key], alone[key])
+  record = source[sampler[4].record_key]  # record 4: batch 1, position 1
+  np.testing.assert_array_equal(
+      in_process[1]["image"][1],
+      pipeline.apply_transforms(record, pipeline.train_transforms(32), sampler[4].rng)["image"])
 
 
 def test_index_sampler_with_draft_source_is_one_epoch(jpeg_files):

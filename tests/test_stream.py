@@ -8,6 +8,9 @@
   over the bank slots and always of the requested class.
 - A batch split over processes is the one-process batch; an epoch resumed at step k
   reads and trains what the uninterrupted epoch did.
+- Consecutive epochs and checkpoint segments read through one grain pipeline (its workers
+  persist), which gives each step's own reads; a jump (resume) or the window's end opens a
+  new one there.
 
 Every registered method trains from generated JPEG files through experiments.train in
 tests/test_stream_experiments.py.
@@ -106,7 +109,7 @@ def fed_labels(plan_laws, steps=150, refill=0):
   data = streamed_set()
   rows = tuple(np.arange(B) for _ in range(steps))
   plan = stream.EpochPlan(seed=11, rows=rows, first_step=0, laws=plan_laws, refill=refill)
-  reader = stream.StepReader(data, plan)
+  reader = stream.StepReader(data, [plan])
   feeds = [reader(t) for t in range(steps)]
   for f in feeds:  # every fed image and label is the source's record
     for fed in (*f.draws.values(), *(() if f.refill is None else (f.refill,))):
@@ -209,8 +212,8 @@ def test_a_batch_split_over_processes_is_the_one_process_batch():
   rows = (np.arange(B), np.arange(B, 2 * B))
   plan = lambda p, count: stream.EpochPlan(seed=5, rows=rows, first_step=7, laws=laws,
                                            refill=B, process_index=p, process_count=count)
-  whole = stream.StepReader(data, plan(0, 1))(1)
-  parts = [stream.StepReader(data, plan(p, 2))(1) for p in range(2)]
+  whole = stream.StepReader(data, [plan(0, 1)])(1)
+  parts = [stream.StepReader(data, [plan(p, 2)])(1) for p in range(2)]
   joined = jax.tree.map(lambda a, b: np.concatenate([a, b]), *parts)
   jax.tree.map(np.testing.assert_array_equal, whole, joined)
 
@@ -234,6 +237,68 @@ def test_an_epoch_resumed_at_step_k_continues_the_uninterrupted_one(tmp_path):
   resumed, _ = epoch(restored, 0, start=int(restored.step))
   assert int(resumed.step) == int(whole.step) == N // B
   jax.tree.map(np.testing.assert_array_equal, whole.params, resumed.params)
+
+
+# ------------------------------------------------------------ one pipeline across epochs
+
+STEPS = 3
+
+
+def plan_of(epoch: int) -> stream.EpochPlan:
+  """Epoch `epoch`'s plan: a numpy permutation's first STEPS rows, a law slot, a refill."""
+  order = np.random.default_rng(epoch).permutation(N)[:STEPS * B].reshape(STEPS, B)
+  laws = methods.get_recipe("lobm", num_epochs=2).requirements().draws
+  return stream.EpochPlan(seed=4, rows=tuple(order), first_step=epoch * STEPS, laws=laws,
+                          refill=B)
+
+
+def counted(feeds: stream.FeedStream) -> list[tuple[int, int]]:
+  """The (epoch, step) where `feeds` opens each of its grain iterators."""
+  opened, open_at = [], feeds._open  # pylint: disable=protected-access
+  feeds._open = lambda e, t: (opened.append((e, t)), open_at(e, t))  # pylint: disable=protected-access
+  return opened
+
+
+def assert_feeds_are_the_steps(feeds, calls):
+  """Every call's feeds are the direct reads of its (epoch, step)s."""
+  data = streamed_set(transforms=(pipeline.RandomHorizontalFlip(),))
+  for epoch, start, stop in calls:
+    got = list(feeds.feeds(epoch, start, stop))
+    assert len(got) == stop - start
+    for t, fed in zip(range(start, stop), got):
+      jax.tree.map(np.testing.assert_array_equal, fed,
+                   stream.StepReader(data, [plan_of(epoch)])(t))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_consecutive_epochs_and_segments_read_through_one_pipeline(workers):
+  data = streamed_set(transforms=(pipeline.RandomHorizontalFlip(),), worker_count=workers)
+  feeds = stream.FeedStream(data, plan_of, num_epochs=3, steps_per_epoch=STEPS)
+  opened = counted(feeds)
+  assert_feeds_are_the_steps(feeds, [(0, 0, 3), (1, 0, 1), (1, 1, 3), (2, 0, 3)])
+  assert opened == [(0, 0)]
+  feeds.close()
+
+
+def test_a_jump_or_the_window_end_opens_a_new_pipeline_there():
+  data = streamed_set(transforms=(pipeline.RandomHorizontalFlip(),))
+  feeds = stream.FeedStream(data, plan_of, num_epochs=5, steps_per_epoch=STEPS, window=2)
+  opened = counted(feeds)
+  assert_feeds_are_the_steps(feeds, [(0, 0, 2), (2, 1, 3), (3, 0, 3), (4, 0, 2)])
+  assert opened == [(0, 0), (2, 1), (4, 0)]  # a resume at (2, 1); its window ends at 4
+  assert stream.FeedStream(data, plan_of, 5, STEPS).window == (
+      stream.FeedStream.WINDOW_INDICES // N)
+
+
+def test_fit_reads_a_phase_through_one_pipeline(tmp_path, monkeypatch):
+  opened = []
+  open_at = stream.FeedStream._open  # pylint: disable=protected-access
+  monkeypatch.setattr(stream.FeedStream, "_open",
+                      lambda self, e, t: (opened.append((e, t)), open_at(self, e, t)))
+  result = fit(methods.get_recipe("erm", num_epochs=3), streamed_set(), epochs=3,
+               workdir=tmp_path, checkpoint_every_steps=2)
+  assert int(result.state.step) == 3 * (N // B)
+  assert opened == [(0, 0)]  # 3 epochs, each saved mid-epoch twice
 
 
 def _context(fed=None):

@@ -9,13 +9,15 @@ Pieces:
   of the `ltjax.samplers` laws, then an image uniformly inside the class; Kang et al. 2020,
   LOBM eq. 4-5). The draw depends only on (seed, i), through a Philox generator keyed by
   both, so the stream is reproducible, resumable from grain's iterator state
-  (`get_state` / `set_state`), and shardable: grain's DataLoader gives host h of H the
+  (`get_state` / `set_state`), and shardable: `make_loader` gives host h of H the
   records h, h + H, h + 2H, ..., disjoint positions of one global stream. The generator is
   handed on to the random transforms, so augmentation is deterministic as well.
 - numpy transforms run in the workers, as the ImageNet-LT recipes use them (Kang et al.
   2020; Liu et al. 2019): `RandomResizedCrop`, `RandomHorizontalFlip`, `ColorJitter`
   (torchvision semantics), and `ResizeCenterCrop` for evaluation.
-- `make_loader`: source + sampler + transforms + batching + sharding + worker processes.
+- `make_loader`: source + sampler + transforms + batching + sharding + worker processes,
+  on grain's dataset API (`MapDataset` -> `IterDataset.mp_prefetch`), as the training
+  stream (`ltjax.data.stream`) reads.
 
 For instance-balanced epochs without replacement use grain's own
 `grain.samplers.IndexSampler(shuffle=True)` with the same `make_loader`.
@@ -329,12 +331,61 @@ def train_transforms(size: int = 224, jitter: float = 0.4) -> list[Any]:
   return [RandomResizedCrop(size), RandomHorizontalFlip(), ColorJitter(jitter, jitter, jitter)]
 
 
+def apply_transforms(record: Record, transforms: Sequence[Any],
+                     rng: np.random.Generator | None) -> Record:
+  """grain `Map` / `RandomMap` transforms applied to one record, in order."""
+  for transform in transforms:
+    if isinstance(transform, grain.transforms.RandomMap):
+      record = transform.random_map(record, rng)
+    else:
+      record = transform.map(record)
+  return record
+
+
+def prefetched(dataset: grain.MapDataset, *, read_threads: int, read_buffer: int,
+               worker_count: int, worker_buffer_size: int = 1) -> grain.IterDataset:
+  """`dataset` read ahead: `read_threads` threads, `read_buffer` elements ahead, in
+  `worker_count` worker processes (0: in this process).
+
+  grain's workers read absl flags; outside absl.app nobody parsed them, so they are marked
+  as parsed when there are workers.
+  """
+  iterable = dataset.to_iter_dataset(grain.ReadOptions(
+      num_threads=max(read_threads, 1), prefetch_buffer_size=max(read_buffer, 1)))
+  if not worker_count:
+    return iterable
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return iterable.mp_prefetch(grain.MultiprocessingOptions(
+      num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
+
+
+class SampledRecords:
+  """grain map: local position j -> global record `shard_index + j shard_count` of the
+  sampler's stream, read from the source and transformed with the record's generator
+  (`sampler[i].rng`). Picklable (the worker processes hold a copy)."""
+
+  def __init__(self, source, sampler, transforms: Sequence[Any], shard_index: int,
+               shard_count: int):
+    self.source, self.sampler, self.transforms = source, sampler, tuple(transforms)
+    self.shard_index, self.shard_count = shard_index, shard_count
+
+  def __call__(self, j: int) -> Record:
+    metadata = self.sampler[self.shard_index + int(j) * self.shard_count]
+    return apply_transforms(self.source[metadata.record_key], self.transforms, metadata.rng)
+
+
 def make_loader(source, sampler, *, batch_size: int, transforms: Sequence[Any] = (),
                 shard_index: int = 0, shard_count: int = 1, worker_count: int = 0,
                 worker_buffer_size: int = 1, drop_remainder: bool = True,
-                read_threads: int | None = None, read_buffer: int | None = None
-                ) -> grain.DataLoader:
-  """A grain DataLoader of {"image": (B, H, W, C) uint8, "label": (B,), "index": (B,)}.
+                read_threads: int = 2, read_buffer: int = 2) -> grain.IterDataset:
+  """A grain stream of {"image": (B, H, W, C) uint8, "label": (B,), "index": (B,)}.
+
+  Batch b of this host holds its local records b B, ..., (b + 1) B - 1, i.e. the global
+  records h + j H of the sampler's stream (host h of H), each read and transformed with
+  its own generator. grain's dataset API: the batches are the elements, read ahead by
+  threads and, with `worker_count`, worker processes that each read whole batches (grain
+  `mp_prefetch`), so the batches do not depend on the number of workers or threads.
 
   Args:
     source: a random-access source (`ImageFileSource`, `ArraySource`, `source_for`).
@@ -342,40 +393,26 @@ def make_loader(source, sampler, *, batch_size: int, transforms: Sequence[Any] =
     batch_size: per-host batch size.
     transforms: grain transforms applied per record before batching.
     shard_index, shard_count: this host's shard (e.g. jax.process_index(),
-      jax.process_count()); host h reads global records h, h + H, ...
-    worker_count: worker processes (0: in this process, as in tests). With workers, absl
-      flags are marked as parsed if they are not yet (grain's workers read them).
-    worker_buffer_size: batches prefetched per worker.
-    drop_remainder: drop a last partial batch.
-    read_threads: threads reading (and decoding) records in each worker, or in this
-      process without workers. Default: 1 per worker process (the processes are the
-      parallelism), grain's 16 without workers.
-    read_buffer: decoded records read ahead per worker (default: two batches). grain's
-      default of 500 holds 500 full-size decoded images per worker (1.2 GB of 800 x 1000
-      images), which costs more in memory traffic than it saves.
-
-  Each worker batches its own records (records w, w + W, ... of this host's stream), so
-  batch composition depends on worker_count; for a fixed worker_count the batches are
-  deterministic and resumable (grain checks worker_count when restoring a state).
+      jax.process_count()); host h reads global records h, h + H, ... (the first
+      H floor(len(sampler) / H) of a finite sampler).
+    worker_count: worker processes (0: in this process, as in tests).
+    worker_buffer_size: batches each worker process holds ready.
+    drop_remainder: drop a last partial batch (a finite sampler).
+    read_threads: threads reading (decoding, transforming) batches in each process.
+    read_buffer: batches read ahead in each process. Few full-size decoded images at a
+      time keep the memory traffic low (grain's default read-ahead of 500 elements would
+      hold 500 batches).
 
   Returns:
-    The DataLoader; `iter(loader)` gives an iterator with get_state / set_state.
+    The stream: `iter(loader)` gives a grain DatasetIterator, resumable with get_state /
+    set_state.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index must lie in [0, {shard_count}), got {shard_index}.")
-  if worker_count and not flags.FLAGS.is_parsed():
-    # grain's worker processes read absl flags; outside absl.app nobody parsed them.
-    flags.FLAGS.mark_as_parsed()
-  operations = list(transforms) + [grain.transforms.Batch(batch_size,
-                                                          drop_remainder=drop_remainder)]
-  if read_threads is None:
-    read_threads = 1 if worker_count else grain.ReadOptions().num_threads
-  read_options = grain.ReadOptions(num_threads=read_threads,
-                                   prefetch_buffer_size=read_buffer or 2 * batch_size)
-  return grain.DataLoader(
-      data_source=source, sampler=sampler, operations=operations, worker_count=worker_count,
-      worker_buffer_size=worker_buffer_size, read_options=read_options,
-      shard_options=grain.sharding.ShardOptions(shard_index, shard_count,
-                                                drop_remainder=True))
+  records = SampledRecords(source, sampler, transforms, shard_index, shard_count)
+  batches = grain.MapDataset.range(len(sampler) // shard_count).map(records).batch(
+      batch_size, drop_remainder=drop_remainder)
+  return prefetched(batches, read_threads=read_threads, read_buffer=read_buffer,
+                    worker_count=worker_count, worker_buffer_size=worker_buffer_size)

@@ -31,7 +31,7 @@ and `ltjax.training.sharding.host_local_to_global` assembles the global batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 try:
   import grain
@@ -39,11 +39,11 @@ except ImportError as e:  # grain is an extra (pyproject.toml: the dependency ru
   raise ImportError("ltjax.data.stream needs grain: pip install 'ltjax[grain]'.") from e
 import jax
 import numpy as np
-from absl import flags
 
 from ltjax import feed as feed_lib
 from ltjax import recipe as recipe_lib
 from ltjax import samplers
+from ltjax.data import pipeline
 
 Record = dict[str, Any]
 CLEAN_SLOT, REFILL_SLOT, BANK_SLOT, SUBSET_SLOT = "clean", "refill", "bank", "subset"
@@ -61,17 +61,6 @@ def record_rng(seed: int, slot: str, step: int, position: int) -> np.random.Gene
   """The Philox generator of one record: its draw (law slots) and its augmentation."""
   return np.random.Generator(np.random.Philox(np.random.SeedSequence(
       [_STREAM_TAG, seed, _slot_id(slot), step, position])))
-
-
-def apply_transforms(record: Record, transforms: Sequence[Any],
-                     rng: np.random.Generator) -> Record:
-  """grain `Map` / `RandomMap` transforms applied to one record, in order."""
-  for transform in transforms:
-    if isinstance(transform, grain.transforms.RandomMap):
-      record = transform.random_map(record, rng)
-    else:
-      record = transform.map(record)
-  return record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +130,7 @@ class StreamedDataset:
     """The records `indices`, stacked, each transformed (default: the training transforms)
     with `record_rng(seed, slot, step, first + j)` for its position j."""
     transforms = self.transforms if transforms is None else transforms
-    records = [apply_transforms(self.source[int(i)], transforms,
+    records = [pipeline.apply_transforms(self.source[int(i)], transforms,
                                 record_rng(seed, slot, step, first + j))
                for j, i in enumerate(indices)]
     return _stack(records, indices)
@@ -205,39 +194,88 @@ class EpochPlan:
 
 
 class StepReader:
-  """grain map: local step t of an epoch -> that step's `Feed` of numpy arrays.
+  """grain map: position i of a run of epochs -> the `Feed` of step i mod S of epoch
+  `plans[i // S]` (S steps per epoch).
 
   Picklable (grain's worker processes hold a copy). Every record's generator is keyed by
-  its global position, so the global batch does not depend on the number of processes.
+  its global step and position, so the global batch depends on neither the number of
+  processes nor the position's epoch window.
   """
 
-  def __init__(self, data: StreamedDataset, plan: EpochPlan):
-    self.data, self.plan = data, plan
+  def __init__(self, data: StreamedDataset, plans: Sequence[EpochPlan]):
+    if not plans or len({len(p.rows) for p in plans}) != 1:
+      raise ValueError("StepReader needs one or more epoch plans of the same number of steps.")
+    self.data, self.plans = data, tuple(plans)
+    self.steps = len(self.plans[0].rows)
     self.index = data.class_index
 
-  def _read(self, indices: np.ndarray, slot: str, step: int) -> feed_lib.FedBatch:
-    part = self.plan.local(indices.shape[0])
-    return self.data.read(indices[part], self.plan.seed, slot, step, first=part.start)
+  def _read(self, plan: EpochPlan, indices: np.ndarray, slot: str, step: int
+            ) -> feed_lib.FedBatch:
+    part = plan.local(indices.shape[0])
+    return self.data.read(indices[part], plan.seed, slot, step, first=part.start)
 
-  def __call__(self, t: int) -> feed_lib.Feed:
-    plan = self.plan
-    step = plan.first_step + int(t)
+  def __call__(self, i: int) -> feed_lib.Feed:
+    epoch, t = divmod(int(i), self.steps)
+    plan = self.plans[epoch]
+    step = plan.first_step + t
     row = plan.rows[t]
     law_batch = lambda law, size: law_indices(self.index, law, plan.seed, step, size)
-    draws = {law.slot: self._read(law_batch(law, row.shape[0]), law.slot, step)
+    draws = {law.slot: self._read(plan, law_batch(law, row.shape[0]), law.slot, step)
              for law in plan.laws}
     refill = None
     if plan.refill:
-      refill = self._read(law_batch(REFILL_LAW, plan.refill), REFILL_SLOT, step)
-    return feed_lib.Feed(clean=self._read(row, CLEAN_SLOT, step), draws=draws, refill=refill)
+      refill = self._read(plan, law_batch(REFILL_LAW, plan.refill), REFILL_SLOT, step)
+    return feed_lib.Feed(clean=self._read(plan, row, CLEAN_SLOT, step), draws=draws,
+                         refill=refill)
 
 
-def epoch_feeds(data: StreamedDataset, plan: EpochPlan, start: int = 0,
-                stop: int | None = None) -> Iterator[feed_lib.Feed]:
-  """The feeds of steps [start, stop) of the epoch (default: to its end), read ahead by
-  grain."""
-  stop = len(plan.rows) if stop is None else stop
-  return _prefetched(grain.MapDataset.range(start, stop).map(StepReader(data, plan)), data)
+class FeedStream:
+  """The feeds of a phase's steps from one grain pipeline that outlives epochs.
+
+  `feeds(epoch, start, stop)` yields the feeds of steps [start, stop) of the phase-local
+  `epoch`. Consecutive calls continue one grain iterator, so its worker processes and its
+  read-ahead carry over epoch and checkpoint-segment boundaries (a pipeline per epoch pays
+  the workers' start-up and an empty read-ahead every epoch). The iterator covers a window
+  of `window` epochs, whose plans its workers hold: at most `WINDOW_INDICES` clean indices,
+  at least one epoch. A call anywhere else than where the last one stopped (a resumed run)
+  or past the window opens a new iterator there. What is read is a function of (plan,
+  step) alone, so where an iterator starts changes no batch.
+
+  Host state (the iterator), not part of the training state; `close()` stops the workers.
+  """
+
+  WINDOW_INDICES = 2**22  # clean indices held by every worker (16 MB of int32)
+
+  def __init__(self, data: StreamedDataset, plan: Callable[[int], EpochPlan],
+               num_epochs: int, steps_per_epoch: int, window: int | None = None):
+    self.data, self.plan = data, plan
+    self.num_epochs, self.steps = num_epochs, steps_per_epoch
+    self.window = window or max(1, self.WINDOW_INDICES // max(data.num_samples, 1))
+    self._iterator, self._next, self._end = None, -1, -1
+
+  def feeds(self, epoch: int, start: int = 0, stop: int | None = None
+            ) -> Iterator[feed_lib.Feed]:
+    stop = self.steps if stop is None else stop
+    for t in range(start, stop):
+      position = epoch * self.steps + t
+      if position != self._next or position >= self._end:
+        self._open(epoch, t)
+      fed = next(self._iterator)
+      self._next = position + 1
+      yield fed
+
+  def _open(self, epoch: int, t: int) -> None:
+    self.close()
+    last = min(epoch + self.window, self.num_epochs)
+    reader = StepReader(self.data, [self.plan(e) for e in range(epoch, last)])
+    self._iterator = _prefetched(
+        grain.MapDataset.range(t, (last - epoch) * self.steps).map(reader), self.data)
+    self._next, self._end = epoch * self.steps + t, last * self.steps
+
+  def close(self) -> None:
+    if self._iterator is not None:
+      self._iterator.close()
+    self._iterator, self._next, self._end = None, -1, -1
 
 
 def feed_laws(requirements: recipe_lib.Requirements) -> tuple[tuple[samplers.Law, ...], bool]:
@@ -278,17 +316,12 @@ class BatchReader:
 def read_batches(data: StreamedDataset, indices: np.ndarray, batch_size: int
                  ) -> Iterator[feed_lib.FedBatch]:
   """`indices` read with the evaluation transforms, in batches of `batch_size` (the last
-  one shorter), read ahead by grain as `epoch_feeds`."""
+  one shorter), read ahead by grain as `FeedStream`."""
   num = -(-np.asarray(indices).shape[0] // batch_size)
   return _prefetched(grain.MapDataset.range(num).map(BatchReader(data, indices, batch_size)),
                      data)
 
 
-def _prefetched(dataset: grain.MapDataset, data: StreamedDataset) -> Iterator[Any]:
-  it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(data.read_threads, 1),
-                                                 prefetch_buffer_size=max(data.prefetch, 1)))
-  if data.worker_count:
-    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (`make_loader`)
-      flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.worker_count))
-  return iter(it)
+def _prefetched(dataset: grain.MapDataset, data: StreamedDataset) -> Any:
+  return iter(pipeline.prefetched(dataset, read_threads=data.read_threads,
+                                  read_buffer=data.prefetch, worker_count=data.worker_count))

@@ -8,8 +8,9 @@ clean batches (the epoch permutation), so every recipe trains from it unchanged.
 1. if the recipe reads predictions in its epoch hook (`Recipe.epoch_subset`, OTmix's
    F_hat), the engine reads that subset with the evaluation transforms and predicts it in
    batches (inference mode), then runs `recipe.begin_epoch(..., predictions=...)` compiled;
-2. grain reads the epoch's steps ahead (`stream.epoch_feeds`) while the device trains; each
-   feed goes to the device (`jax.device_put` on one process, split over the mesh's data
+2. grain reads the steps ahead (`stream.FeedStream`: one pipeline for the phase's epochs,
+   so its worker processes and read-ahead carry over epoch boundaries) while the device
+   trains; each feed goes to the device (`jax.device_put` on one process, split over the mesh's data
    axis; `sharding.host_local_to_global` over several processes) and one compiled call
    trains it; a last partial batch (drop_last=False) has its own compiled step. The host
    dispatches at most IN_FLIGHT_STEPS steps ahead of the device (it waits for the oldest),
@@ -70,7 +71,7 @@ class StreamedEpoch:
     data: the streamed training set (host).
     device_data: its labels and class index on the device.
     inputs: the run's `loop.StepInputs`.
-    plan: `plan(epoch) -> stream.EpochPlan` of a phase-local epoch.
+    feeds: the phase's `stream.FeedStream` (its grain iterator is host state).
     begin: the compiled epoch hook `(inputs, state, data, epoch, predictions) -> state`.
     step: the compiled `(inputs, state, data, epoch, feed) -> (state, metrics)`.
     last_step: `step` for the last partial batch, or None.
@@ -81,7 +82,7 @@ class StreamedEpoch:
   data: stream_lib.StreamedDataset
   device_data: recipe_lib.DeviceDataset
   inputs: loop.StepInputs
-  plan: Callable[[int], stream_lib.EpochPlan]
+  feeds: stream_lib.FeedStream
   begin: Callable[..., TrainState]
   step: Callable[..., tuple[TrainState, Metrics]]
   last_step: Callable[..., tuple[TrainState, Metrics]] | None
@@ -102,11 +103,10 @@ class StreamedEpoch:
     if start == 0:
       predictions = None if self.predict is None else self.predict(state)
       state = self.begin(self.inputs, state, self.device_data, epoch_arr, predictions)
-    plan = self.plan(epoch)
     history = []
-    feeds = stream_lib.epoch_feeds(self.data, plan, start, stop)
-    for t, fed in enumerate(feeds, start):
-      step = self.step if plan.rows[t].shape[0] == plan.rows[0].shape[0] else self.last_step
+    for t, fed in enumerate(self.feeds.feeds(epoch, start, stop), start):
+      last = self.last_step is not None and t == self.steps_per_epoch - 1
+      step = self.last_step if last else self.step
       state, metrics = step(self.inputs, state, self.device_data, epoch_arr,
                             to_device(fed, self.mesh))
       history.append(metrics)
@@ -115,6 +115,10 @@ class StreamedEpoch:
       if on_step is not None:
         on_step(metrics)
     return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
+
+  def close(self) -> None:
+    """Stops the stream's grain workers (at the end of the phase)."""
+    self.feeds.close()
 
 
 def make_streamed_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
@@ -199,7 +203,8 @@ def make_streamed_epoch(recipe: recipe_lib.Recipe, apply_fn: Callable[..., Any],
   inputs = loop.StepInputs(recipe, keys, loop.as_input(normalize_fn))
   inputs = jax.device_put(inputs) if mesh is None else sharding.replicate(inputs, mesh)
   return StreamedEpoch(
-      data=data, device_data=device_data, inputs=inputs, plan=plan,
+      data=data, device_data=device_data, inputs=inputs,
+      feeds=stream_lib.FeedStream(data, plan, num_epochs, steps),
       begin=jax.jit(begin, donate_argnums=1), step=jax.jit(step_fn(batch_size), donate_argnums=1),
       last_step=jax.jit(step_fn(last_size), donate_argnums=1) if last_size else None,
       predict=predict, steps_per_epoch=steps, mesh=mesh)

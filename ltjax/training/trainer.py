@@ -390,6 +390,8 @@ def fit(model: Any, phases: Sequence[Phase],
       if ckpt is not None:
         ckpt.save(done, state, phase=p, seed=seed, force=done in (end, total),
                   metrics=dataclasses.asdict(tracker))
+    if streamed:
+      train_epoch.close()
   bar.close()
   if ckpt is not None:
     ckpt.close()

@@ -603,10 +603,10 @@ def _run_locked(config, workdir, fields, stop_after, log, import_s, started):
       finally:
         if callback.epoch_times:
           end = time.perf_counter()
-          segment = timing.segment(
+          segment = timing.across_processes(timing.segment(
               from_epoch=start, epoch_times=callback.epoch_times, import_s=import_s,
               data_s=setup.data_s, compile_s=compiled(), fit_s=end - fit_start,
-              fit_compile_s=compiled() - compile_before, run_s=end - started)
+              fit_compile_s=compiled() - compile_before, run_s=end - started))
           segments = (workdir_lib.add_segment(workdir, fields, segment) if writes
                       else [*segments, segment])
       rows = list(callback.rows)
@@ -643,7 +643,7 @@ def _report(config, workdir, fields, setup, result, rows, times, log):
   f = results["final"]
   log(f"{config.method}: top1 {100 * f['top1']:.2f}  many {pct(f.get('many'))}  "
       f"medium {pct(f.get('medium'))}  few {pct(f.get('few'))}  "
-      f"({times['wall_time_s']:.1f} s over {times['processes']} process(es)) -> {workdir}")
+      f"({times['wall_time_s']:.1f} s over {times['launches']} launch(es)) -> {workdir}")
   return results
 
 

@@ -1,9 +1,10 @@
-"""Where a run's time goes: per process (a segment) and summed over the processes of a run.
+"""Where a run's time goes: per launch (a segment) and summed over the launches of a run.
 
-Every process that trains at least one epoch of a run adds a segment to the workdir's
-run.json (experiments/workdir.py); results.json's `timing` sums the segments, so a resumed
-run reports the time of all its epochs and a rerun of a complete run (no epoch trained)
-keeps the timing it had. A segment holds:
+Every launch of a run (one process, or the processes of a multi-process job together) that
+trains at least one epoch adds a segment to the workdir's run.json
+(experiments/workdir.py); results.json's `timing` sums the segments, so a resumed run
+reports the time of all its epochs and a rerun of a complete run (no epoch trained) keeps
+the timing it had. A segment holds:
 
 | field         | what is measured                                                        |
 |---------------|-------------------------------------------------------------------------|
@@ -19,7 +20,13 @@ keeps the timing it had. A segment holds:
 |               | the method's view drawn afterwards are not counted)                     |
 | from_epoch, epochs, epoch_times_s | where the process started, how many epochs it   |
 |               | trained, each epoch's wall time (the first includes its compilation)    |
-| pid, host, finished | which process, and when its training ended                        |
+| pid, host, finished | which process (process 0 of a job), and when its training ended  |
+| processes     | every process of the launch: process_index, pid, host and its own    |
+|               | import_s, data_s, compile_s, train_s, wall_s (`across_processes`)      |
+
+The time fields of a multi-process launch are the slowest process's: the processes run side
+by side, so the launch takes as long as its slowest one (each process's own figures stay
+under `processes`).
 
 `summary` adds `epoch_time_s`: the median epoch time over all segments, the first epoch of
 each segment excluded (it compiles), or the first epochs when no other epoch ran.
@@ -69,6 +76,32 @@ def segment(*, from_epoch: int, epoch_times: Sequence[float], import_s: float,
           "wall_s": import_s + run_s, "epoch_times_s": [float(t) for t in epoch_times]}
 
 
+HOST_BYTES = 64  # a host name's bytes gathered from every process
+
+
+def across_processes(segment: dict[str, Any]) -> dict[str, Any]:
+  """The launch's segment from this process's `segment` (module docstring).
+
+  A collective when there are several processes: every process of the job calls it at the
+  same point, and each gets the same result (one process: no communication).
+  """
+  own = [jax.process_index(), segment["pid"], *(segment[k] for k in SUMMED)]
+  host = np.frombuffer(segment["host"].encode()[:HOST_BYTES].ljust(HOST_BYTES, b"\0"),
+                       np.uint8)
+  if jax.process_count() == 1:
+    numbers, hosts = np.asarray([own], np.float64), host[None]
+  else:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    numbers = np.asarray(multihost_utils.process_allgather(np.asarray(own, np.float64)))
+    hosts = np.asarray(multihost_utils.process_allgather(host))
+  processes = [{"process_index": int(row[0]), "pid": int(row[1]),
+                "host": bytes(name).rstrip(b"\0").decode(errors="replace"),
+                **{k: float(v) for k, v in zip(SUMMED, row[2:])}}
+               for row, name in zip(numbers, hosts)]
+  slowest = {k: max(p[k] for p in processes) for k in SUMMED}
+  return {**segment, **slowest, "processes": processes}
+
+
 def steady_epoch_time(segments: Sequence[dict[str, Any]]) -> float | None:
   """Median epoch time without each segment's first (compiling) epoch; None: no epoch."""
   times = [t for s in segments for t in s["epoch_times_s"][1:]]
@@ -86,4 +119,4 @@ def summary(segments: Sequence[dict[str, Any]], **extra: Any) -> dict[str, Any]:
   return {**totals, "epoch_time_s": steady_epoch_time(segments),
           "first_epoch_time_s": firsts[0] if firsts else None,
           "epochs_trained": int(sum(s["epochs"] for s in segments)),
-          "processes": len(segments), **extra, "segments": list(segments)}
+          "launches": len(segments), **extra, "segments": list(segments)}

@@ -28,13 +28,15 @@ TIMEOUT_S = 300
 
 # Trains a SmallCNN 8 steps with `fit` over a mesh of all the job's devices, on a replicated
 # DeviceDataset (ERM) or, with "stream", on a StreamedDataset read by each process for its
-# rows (LOBM, two class-balanced law slots, host flips), then evaluates it with a
-# mesh-sharded EvalFn; writes the final params and the test counts to OUT.
+# rows (LOBM, two class-balanced law slots, host flips; checkpointed in WORKDIR, mid-epoch
+# every 2 steps as well), then evaluates it with a mesh-sharded EvalFn; writes the final
+# params and the test counts to OUT.
 FIT_SCRIPT = textwrap.dedent("""
     import sys
     import jax
-    num_processes, process_id, port, out, source = (int(sys.argv[1]), int(sys.argv[2]),
-                                                    sys.argv[3], sys.argv[4], sys.argv[5])
+    num_processes, process_id, port, out, source, workdir = (
+        int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5],
+        sys.argv[6])
     if num_processes > 1:
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
       jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
@@ -69,7 +71,8 @@ FIT_SCRIPT = textwrap.dedent("""
       data = stream.StreamedDataset(pipeline.ArraySource(images, labels), labels, K,
                                     transforms=(pipeline.RandomHorizontalFlip(),))
       stream_kw = {"test_data": stream.StreamedDataset(
-          RecordingSource(test_images, test_labels), test_labels, K), "eval_batch_size": 8}
+          RecordingSource(test_images, test_labels), test_labels, K), "eval_batch_size": 8,
+          "workdir": workdir, "checkpoint_every_steps": 2}
     else:
       data = recipe_lib.DeviceDataset.from_arrays(images, labels, K)
     result = trainer.fit(model, [phase], data, batch_size=16, seed=3, normalize_fn=normalize,
@@ -131,10 +134,11 @@ def _load(path: pathlib.Path) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
 def test_two_processes_train_and_evaluate_as_one_process_of_four_devices(tmp_path, source):
   port = _free_port()
   two = [tmp_path / f"two_{i}.npz" for i in range(2)]
-  _run_job([["-c", FIT_SCRIPT, "2", str(i), str(port), str(two[i]), source]
-            for i in range(2)], devices=2)
+  _run_job([["-c", FIT_SCRIPT, "2", str(i), str(port), str(two[i]), source,
+             str(tmp_path / "two")] for i in range(2)], devices=2)
   one = tmp_path / "one.npz"
-  _run_job([["-c", FIT_SCRIPT, "1", "0", "0", str(one), source]], devices=4)
+  _run_job([["-c", FIT_SCRIPT, "1", "0", "0", str(one), source, str(tmp_path / "one")]],
+           devices=4)
   ref_leaves, ref_counts = _load(one)
   for path in two:
     leaves, counts = _load(path)
@@ -154,6 +158,10 @@ def test_two_processes_train_and_evaluate_as_one_process_of_four_devices(tmp_pat
     assert first == {r for r in range(21) if r % 8 < 4}
     assert second == {r for r in range(21) if r % 8 >= 4}
     assert set(ref_counts["read"].tolist()) == set(range(21))
+    # Both epochs saved mid-epoch (step 2 of 4); each epoch checkpoint removed them.
+    checkpoints = tmp_path / "two" / "checkpoints"
+    assert (checkpoints / "partial").is_dir() and not os.listdir(checkpoints / "partial")
+    assert sorted(os.listdir(checkpoints)) == ["1", "2", "partial"]
 
 
 def test_two_process_run_writes_the_workdir_once_and_resumes_in_one_process(tmp_path):
@@ -169,7 +177,15 @@ def test_two_process_run_writes_the_workdir_once_and_resumes_in_one_process(tmp_
   assert not os.path.exists(workdir / ".lock")
   env = reporting.read_json(str(workdir / "env.json"))
   assert (env["process_count"], env["device_count"]) == (2, 4)
-  assert len(reporting.read_json(str(workdir / "run.json"))["segments"]) == 1
+  [launch] = reporting.read_json(str(workdir / "run.json"))["segments"]
+  # One segment for the launch: each process's own time, the launch's is the slowest's.
+  processes = launch["processes"]
+  assert [p["process_index"] for p in processes] == [0, 1]
+  assert len({p["pid"] for p in processes}) == 2 and launch["pid"] == processes[0]["pid"]
+  assert all(p["host"] == socket.gethostname() for p in processes)
+  for name in ("wall_s", "import_s", "data_s", "compile_s", "train_s"):
+    assert all(p[name] > 0 for p in processes), name
+    assert launch[name] == max(p[name] for p in processes), name
   assert json.loads((workdir / "results.json").read_text())["extra"]["complete"] is False
 
   # The same run, resumed by one process of one device, trains its second epoch.

@@ -181,8 +181,18 @@ def test_timing_summary_sums_the_segments():
   assert (out["wall_time_s"], out["import_s"], out["data_s"], out["compile_s"],
           out["train_s"]) == (16.0, 4.5, 1.5, 5.5, 3.0)
   assert out["epoch_time_s"] == 2.0  # median of 1, 3, 2: first epochs excluded
-  assert (out["first_epoch_time_s"], out["epochs_trained"], out["processes"]) == (5.0, 5, 2)
+  assert (out["first_epoch_time_s"], out["epochs_trained"], out["launches"]) == (5.0, 5, 2)
   assert out["epochs_done"] == 5 and out["segments"] == segments
+
+
+def test_a_one_process_launch_lists_itself_as_its_only_process():
+  own = timing.segment(from_epoch=0, epoch_times=[2.0, 1.0], import_s=1.5, data_s=0.5,
+                       compile_s=0.75, fit_s=3.0, fit_compile_s=0.5, run_s=4.0)
+  launch = timing.across_processes(own)
+  assert launch["processes"] == [{
+      "process_index": 0, "pid": os.getpid(), "host": socket.gethostname(), "wall_s": 5.5,
+      "import_s": 1.5, "data_s": 0.5, "compile_s": 0.75, "train_s": 2.5}]
+  assert {k: v for k, v in launch.items() if k != "processes"} == own
 
 
 def test_compile_clock_counts_compilation_not_cached_calls():

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import epoch_speed
+from benchmarks import epoch_speed, worker
 from ltjax.models import registry
 
 FLAG_SETS = {
@@ -51,7 +50,6 @@ FLAG_SETS = {
     "o0_no_expensive_passes": ("--xla_backend_optimization_level=0 "
                                "--xla_llvm_disable_expensive_passes=true"),
 }
-RESULT_PREFIX = "COMPILE_FLAGS_RESULT "
 
 
 def measure(model_name: str, batch_size: int, steps: int, params_out: str
@@ -94,7 +92,7 @@ def run_flag_set(name: str, args: argparse.Namespace, scratch: str) -> dict[str,
   """Runs `measure` in a subprocess under FLAG_SETS[name]; its compile s, step ms, loss.
 
   Raises:
-    RuntimeError: the subprocess failed (the message holds the end of its output).
+    worker.WorkerFailed: the subprocess failed (the message holds the end of its output).
   """
   params_out = os.path.join(scratch, f"{name}.npz")
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
@@ -102,13 +100,7 @@ def run_flag_set(name: str, args: argparse.Namespace, scratch: str) -> dict[str,
   command = [sys.executable, "-m", "benchmarks.compile_flags", "--child", params_out,
              f"--model={args.model}", f"--batch_size={args.batch_size}",
              f"--steps={args.steps}"]
-  proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_PREFIX)]
-  if proc.returncode or not lines:
-    raise RuntimeError(f"{name} failed (exit {proc.returncode}):\n"
-                       f"{(proc.stdout + proc.stderr)[-3000:]}")
-  values = [float(v) for v in lines[-1][len(RESULT_PREFIX):].split()]
-  result = dict(zip(("compile_s", "step_ms", "loss"), values))
+  result = worker.run(command, env)
   print(f"{name}: compile {result['compile_s']:.2f} s, step {result['step_ms']:.0f} ms, "
         f"loss {result['loss']:.7g}", flush=True)
   return result
@@ -173,8 +165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
   args = parse_args(argv)
   if args.child:
-    r = measure(args.model, args.batch_size, args.steps, args.child)
-    print(f"{RESULT_PREFIX}{r['compile_s']} {r['step_ms']} {r['loss']}", flush=True)
+    worker.report(measure(args.model, args.batch_size, args.steps, args.child))
     return None
   with tempfile.TemporaryDirectory(prefix="ltjax-compile-flags-") as scratch:
     rounds = [{name: run_flag_set(name, args, scratch) for name in args.flag_list}

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any, NamedTuple, Sequence
@@ -48,9 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import conv_vjp, epoch_speed, torch_reference
+from benchmarks import conv_vjp, epoch_speed, torch_reference, worker
 
-RESULT_PREFIX = "CPU_STEP_RESULT "
 
 
 class Variant(NamedTuple):
@@ -130,7 +127,7 @@ def torch_step(args: argparse.Namespace):
   return step, torch.get_num_threads()
 
 
-def worker(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
+def measure(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
   """Compiles ltjax's step, then times ltjax and torch steps in alternating rounds."""
   context = (conv_vjp.use_in_resnet_cifar() if variant.conv == "custom_vjp"
              else contextlib.nullcontext())
@@ -173,12 +170,10 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
       os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
 
   cmd = [sys.executable, "-m", "benchmarks.cpu_step", f"--worker={name}", *argv]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
-                        preexec_fn=pin)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_PREFIX)]
-  if proc.returncode or not lines:
-    return {"error": (proc.stderr or proc.stdout)[-2000:]}
-  return summarize(json.loads(lines[-1][len(RESULT_PREFIX):]), args.batch_size)
+  try:
+    return summarize(worker.run(cmd, env, preexec_fn=pin), args.batch_size)
+  except worker.WorkerFailed as err:
+    return {"error": str(err)}
 
 
 def summarize(res: dict[str, Any], batch: int) -> dict[str, Any]:
@@ -246,8 +241,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
   if args.worker:
-    result = worker(args, VARIANTS[args.worker])
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    result = measure(args, VARIANTS[args.worker])
+    worker.report(result)
     return result
   variants = {}
   for name in args.variant_list:

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -49,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from benchmarks import conv_vjp, epoch_speed
+from benchmarks import conv_vjp, epoch_speed, worker
 
 FLAG_SETS = {
     "default": "",
@@ -61,7 +59,6 @@ FLAG_SETS = {
 }
 CONVS = {"lax": lax.conv_general_dilated, "custom_vjp": conv_vjp.conv_general_dilated}
 MODES = ("steps", "scan", "fori")
-RESULT_PREFIX = "SCAN_SLOWDOWN_RESULT "
 
 
 # --- The minimal conv net -------------------------------------------------------------------
@@ -221,7 +218,7 @@ def dispatch_overhead(args: argparse.Namespace) -> dict[str, float]:
           "scan_us_per_iteration": 1e6 * float(np.median(scan_times)) / calls}
 
 
-def worker(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace) -> dict[str, Any]:
   """All cases under the XLA_FLAGS this process was started with."""
   small = args.steps * args.batch_size
   cases = [prepare_case(conv_name, mode, args, small) for conv_name in CONVS for mode in MODES]
@@ -277,11 +274,10 @@ def run_flag_set(name: str, argv: Sequence[str]) -> dict[str, Any]:
   """Runs the worker in a subprocess with FLAG_SETS[name] as XLA_FLAGS."""
   env = {**os.environ, "XLA_FLAGS": FLAG_SETS[name]}
   cmd = [sys.executable, "-m", "benchmarks.scan_slowdown", "--worker", *argv]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_PREFIX)]
-  if proc.returncode or not lines:
-    return {"xla_flags": FLAG_SETS[name], "error": (proc.stderr or proc.stdout)[-2000:]}
-  return json.loads(lines[-1][len(RESULT_PREFIX):])
+  try:
+    return worker.run(cmd, env)
+  except worker.WorkerFailed as err:
+    return {"xla_flags": FLAG_SETS[name], "error": str(err)}
 
 
 def _ms(rows: list[dict[str, Any]], conv: str, mode: str, images: int | None = None
@@ -374,8 +370,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
   if args.worker:
-    result = worker(args)
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    result = measure(args)
+    worker.report(result)
     return result
   worker_argv = [a for a in argv if not a.startswith("--flag_sets")]
   flag_sets = {}

@@ -1,8 +1,15 @@
-"""benchmarks/compile_flags.py: the parameter comparison and the medians it reports."""
+"""benchmarks/compile_flags.py's parameter comparison and medians; benchmarks/worker.py."""
+
+import os
+import pathlib
+import sys
 
 import numpy as np
+import pytest
 
-from benchmarks import compile_flags
+from benchmarks import compile_flags, worker
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_parameter_comparison_finds_the_largest_difference(tmp_path):
@@ -20,3 +27,15 @@ def test_summary_takes_medians_over_rounds():
   summary = compile_flags.summarise("o0", rounds)
   assert (summary["compile_s"], summary["step_ms"]) == (2.0, 20.0)
   assert summary["xla_flags"] == compile_flags.FLAG_SETS["o0"]
+
+
+def test_worker_result_crosses_the_process_boundary_and_failures_name_the_error():
+  report = "from benchmarks import worker; worker.report({'compile_s': 1.5, 'rows': [1, 2]})"
+  path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+  env = {**os.environ, "PYTHONPATH": path}
+  assert worker.run([sys.executable, "-c", f"print('noise'); {report}"], env) == {
+      "compile_s": 1.5, "rows": [1, 2]}
+  with pytest.raises(worker.WorkerFailed, match="ZeroDivisionError"):
+    worker.run([sys.executable, "-c", "1 / 0"], env)
+  with pytest.raises(worker.WorkerFailed):
+    worker.run([sys.executable, "-c", "print('no result')"], env)

@@ -178,10 +178,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             "command": epoch_speed.command_line("benchmarks.compile_flags"),
             "args": {k: v for k, v in vars(args).items() if k not in ("flag_list", "child")},
             "environment": epoch_speed.environment(), "flag_sets": rows}
-  text = markdown(result)
-  path = epoch_speed.write_results("compile_flags", result, text, args.results_dir)
-  print(text)
-  print(f"wrote {path}")
+  epoch_speed.publish("compile_flags", result, markdown(result), args.results_dir)
   return result
 
 

@@ -255,10 +255,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   result = {"benchmark": "cpu_step", "command": epoch_speed.command_line("benchmarks.cpu_step"),
             "args": {k: v for k, v in vars(args).items() if k not in ("worker", "variant_list")},
             "environment": epoch_speed.environment(), "variants": variants}
-  text = markdown(result)
-  path = epoch_speed.write_results("cpu_step", result, text, args.results_dir)
-  print(text)
-  print(f"wrote {path}")
+  epoch_speed.publish("cpu_step", result, markdown(result), args.results_dir)
   return result
 
 

@@ -101,6 +101,15 @@ def write_results(name: str, payload: dict[str, Any], markdown: str,
   return path
 
 
+def publish(name: str, payload: dict[str, Any], markdown: str,
+            results_dir: str = RESULTS_DIR) -> str:
+  """`write_results`, then prints `markdown` and the JSON file's path; returns the path."""
+  path = write_results(name, payload, markdown, results_dir)
+  print(markdown)
+  print(f"wrote {path}")
+  return path
+
+
 def header_lines(title: str, env: dict[str, Any], command: str) -> list[str]:
   """The first lines of a RESULTS.md section: device, date, versions, command."""
   return [f"## {title}: {env['device_kind']} ({env['backend']}), {env['utc']} UTC", "",

@@ -355,10 +355,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "environment": epoch_speed.environment(),
             "cpu_count": len(os.sched_getaffinity(0)), "configs": configs,
             "stage_ms": stage_ms}
-  text = markdown(result)
-  path = epoch_speed.write_results("input_pipeline", result, text, args.results_dir)
-  print(text)
-  print(f"wrote {path}")
+  epoch_speed.publish("input_pipeline", result, markdown(result), args.results_dir)
   return result
 
 

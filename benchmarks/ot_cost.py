@@ -171,10 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "args": vars(args), "environment": env, "data_note": note,
             "train_images": int(train.train_labels.size), "step": step, "pairing": figures,
             "fractions": fractions, "sinkhorn": sinkhorn, "goal_fraction": GOAL_FRACTION}
-  text = markdown(result)
-  path = epoch_speed.write_results("ot_cost", result, text, args.results_dir)
-  print(text)
-  print(f"wrote {path}")
+  epoch_speed.publish("ot_cost", result, markdown(result), args.results_dir)
   return result
 
 

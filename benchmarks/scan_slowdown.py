@@ -383,10 +383,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                             if k != "worker"},
             "environment": epoch_speed.environment(), "flag_sets": flag_sets,
             "resnet32": resnet32_cases(args) if args.resnet32_batch else []}
-  text = markdown(result)
-  path = epoch_speed.write_results("scan_slowdown", result, text, args.results_dir)
-  print(text)
-  print(f"wrote {path}")
+  epoch_speed.publish("scan_slowdown", result, markdown(result), args.results_dir)
   return result
 
 

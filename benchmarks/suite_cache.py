@@ -136,10 +136,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "args": {k: v for k, v in vars(args).items() if k != "threshold_list"},
             "environment": epoch_speed.environment(),
             "thresholds": {str(t): row for t, row in rows.items()}}
-  text = markdown(result)
-  path = epoch_speed.write_results("suite_cache", result, text, args.results_dir)
-  print(text)
-  print(f"wrote {path}")
+  epoch_speed.publish("suite_cache", result, markdown(result), args.results_dir)
   return result
 
 

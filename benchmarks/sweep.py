@@ -184,10 +184,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "ratio": phases["warm"]["wall_s"] / phases["cold"]["wall_s"],
             "cpu_ratio": phases["warm"]["cpu_s"] / phases["cold"]["cpu_s"],
             "goal_ratio": GOAL_RATIO}
-  text = markdown(result)
-  path = epoch_speed.write_results("sweep", result, text, args.results_dir)
-  print(text)
-  print(f"wrote {path}")
+  epoch_speed.publish("sweep", result, markdown(result), args.results_dir)
   return result
 
 

@@ -301,10 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "command": epoch_speed.command_line("benchmarks.torch_reference"),
             "args": vars(args), "environment": epoch_speed.environment(), "data_note": note,
             "train_images": int(ds.train_labels.size), "reference": ref}
-  text = markdown(result)
-  path = epoch_speed.write_results("torch_reference", result, text, args.results_dir)
-  print(text)
-  print(f"wrote {path}")
+  epoch_speed.publish("torch_reference", result, markdown(result), args.results_dir)
   return result
 
 

@@ -1,4 +1,5 @@
-"""benchmarks/compile_flags.py's parameter comparison and medians; benchmarks/worker.py."""
+"""benchmarks/compile_flags.py's parameter comparison and medians; benchmarks/worker.py;
+the results files every benchmark writes (`epoch_speed.publish`)."""
 
 import os
 import pathlib
@@ -7,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import compile_flags, worker
+from benchmarks import compile_flags, epoch_speed, worker
+from ltjax import reporting
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -39,3 +41,15 @@ def test_worker_result_crosses_the_process_boundary_and_failures_name_the_error(
     worker.run([sys.executable, "-c", "1 / 0"], env)
   with pytest.raises(worker.WorkerFailed):
     worker.run([sys.executable, "-c", "print('no result')"], env)
+
+
+def test_publish_writes_the_json_appends_the_section_and_prints_both(tmp_path, capsys):
+  first = epoch_speed.publish("demo", {"figure": 1.5}, "## demo\n\n| a |\n", str(tmp_path))
+  second = epoch_speed.publish("other", {"figure": 2.5}, "## other", str(tmp_path))
+  assert reporting.read_json(first) == {"figure": 1.5}
+  assert reporting.read_json(second) == {"figure": 2.5}
+  assert pathlib.Path(first).name.startswith(f"demo-{epoch_speed.device_slug()}-")
+  results_md = (tmp_path / "RESULTS.md").read_text()
+  assert results_md == "## demo\n\n| a |\n\n## other\n\n"
+  printed = capsys.readouterr().out
+  assert f"| a |\n\nwrote {first}\n" in printed and printed.endswith(f"wrote {second}\n")

@@ -5,9 +5,10 @@ notebooks they start: the same small models and recipes are compiled by many tes
 compilation dominates their CPU time. Every program is cached, however short its compile
 (as the experiment scripts do, `experiments.cli.enable_compilation_cache`): most of the
 suite's repeated programs (a small model's `init`, an evaluation's `batch_counts`) compile
-in 0.2-0.6 s, under JAX's threshold (1 s by default, 0.5 s here before), and each `trainer.fit` builds new jitted
-functions, so without the disk cache every test compiles them again. Measured by
-benchmarks/suite_cache.py: tests/test_methods_e2e.py in one process, 148 s -> 135 s.
+in 0.2-0.6 s, under JAX's threshold (1 s by default, 0.5 s here before), and each
+`trainer.fit` builds new jitted functions, so without the disk cache every test compiles
+them again. Measured by benchmarks/suite_cache.py: tests/test_methods_e2e.py in one
+process, 148 s -> 135 s.
 """
 
 import os

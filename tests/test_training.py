@@ -108,31 +108,6 @@ def ldam_reference_lr(epoch: int, base: float, warmup: int, milestones, factors)
   return base * factor
 
 
-def test_create_state_initialises_as_flax_does_to_the_last_bits():
-  """The initialiser compiled with INIT_COMPILER_OPTIONS gives Flax's initial variables
-  (default-compiled `jax.jit(model.init)`, same key) up to a few ulp: same structure, the
-  zeros and ones exact."""
-  data = device_dataset()
-  state = init_state(TinyERM(), optax.sgd(0.1), data)
-  x = normalize(data.images[:1])
-  want = jax.jit(TinyNet().init, static_argnames="train")(training.run_keys(SEED).init, x,
-                                                           train=False)
-  got = {"params": state.params, "batch_stats": state.batch_stats}
-  assert jax.tree.structure(got) == jax.tree.structure(want)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=4e-7, atol=0), got, want)
-  kernel = np.asarray(state.params["Conv_0"]["kernel"])
-  assert np.std(kernel) > 0.05   # drawn, not zeros: the comparison above is not vacuous
-
-
-def test_create_state_compiles_the_initialiser_with_the_backend_options(monkeypatch):
-  """The options reach XLA: an option XLA does not know fails the compile."""
-  from ltjax.training import state as state_lib
-  monkeypatch.setitem(state_lib.INIT_COMPILER_OPTIONS, jax.default_backend(),
-                      {"xla_no_such_option_for_ltjax": 1})
-  with pytest.raises(Exception, match="xla_no_such_option_for_ltjax"):
-    init_state(TinyERM(), optax.sgd(0.1), device_dataset())
-
-
 @pytest.mark.parametrize("factors,gamma,expect", [
     ((0.01, 1e-4), 0.1, (0.01, 1e-4)),   # MAMix / ImbalancedDL
     (None, 0.1, (0.1, 0.01)),            # DBN-Mix: x0.1 at 160 and 180

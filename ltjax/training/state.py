@@ -26,15 +26,6 @@ from ltjax import recipe as recipe_lib
 
 PyTree = Any
 
-# Compiler options of the model initialiser, per backend. The initialiser runs once per run,
-# and on XLA:CPU LLVM's optimisation of its per-parameter random draws (threefry, erf_inv)
-# is most of its compile: at backend optimisation level 0 a SmallCNN's init compiles in
-# 0.3 s instead of 1.8 s and a ResNet-32's in 2.3 s instead of 7.2 s. The draws are the
-# same distribution; a few weights differ in their last bits (at most 3 ulp, without fused
-# multiply-adds). Other backends keep their defaults. Measured: benchmarks/init_compile.py.
-INIT_COMPILER_OPTIONS: dict[str, dict[str, Any]] = {
-    "cpu": {"xla_backend_optimization_level": 0}}
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -98,8 +89,7 @@ def create_state(model: Any, recipe: recipe_lib.Recipe, tx: optax.GradientTransf
   Returns:
     TrainState at step 0.
   """
-  init = jax.jit(model.init, static_argnames="train",
-                 compiler_options=INIT_COMPILER_OPTIONS.get(jax.default_backend()))
+  init = jax.jit(model.init, static_argnames="train")
   variables = init(key, jnp.asarray(sample_input, jnp.float32), train=False)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,

@@ -5,10 +5,10 @@ compiling it with other options (`--options`; default XLA:CPU's backend optimisa
 0) would gain and what it would change: per model, `jax.jit(model.init)` on a (1, H, W, C)
 input is lowered and compiled with the default options and with `--options`
 (`Lowered.compile`, no persistent cache; lowered afresh for each compile, as a `Lowered`
-keeps its executable), `--rounds` times interleaved; reported
-are the median compile seconds, the median run seconds of the compiled initialiser, and
-how the initial variables differ: the largest difference in units in the last place (ulp)
-over all float32 leaves and the fraction of values that differ.
+keeps its executable), `--rounds` times interleaved; reported are the median compile
+seconds, the median run seconds of the compiled initialiser, and how the initial variables
+differ: the largest difference in units in the last place (ulp) over all float32 leaves
+and the fraction of values that differ.
 
 Results: benchmarks/results/init_compile-<device>-<date>.json and a section appended to
 benchmarks/results/RESULTS.md.
@@ -123,13 +123,12 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
-  options = args.options
   jax.jit(lambda v: v + 1).lower(jnp.zeros(())).compile()   # the backend's first compile
-  rows = [measure(name, args.rounds, options) for name in args.models.split(",")]
+  rows = [measure(name, args.rounds, args.options) for name in args.models.split(",")]
   result = {"benchmark": "init_compile",
             "command": epoch_speed.command_line("benchmarks.init_compile"),
             "args": vars(args), "environment": epoch_speed.environment(),
-            "init_options": options, "rows": rows}
+            "init_options": args.options, "rows": rows}
   epoch_speed.publish("init_compile", result, markdown(result), args.results_dir)
   return result
 

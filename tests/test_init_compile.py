@@ -18,7 +18,8 @@ def test_ulp_distance_counts_representable_floats_between():
   assert got == {"max_ulp": 2, "fraction_differing": 0.8, "values": 5}
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="compares the CPU init options")
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="the default --options is an XLA:CPU setting")
 def test_one_model_run_writes_a_row_that_compares_both_compiles(tmp_path):
   result = init_compile.main(["--models=mlp", "--rounds=1", f"--results_dir={tmp_path}"])
   (row,) = result["rows"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -38,6 +39,40 @@ def test_round_trip_retention_and_sidecar(tmp_path):
   assert old_meta["metrics"]["top1"] == 0.5 and np.isnan(old_meta["metrics"]["per_class"][1])
   with pytest.raises(FileNotFoundError, match="epoch 2"):
     ckpt.restore(make_state(0), epoch=2)
+  ckpt.close()
+
+
+def _keyed_state(value: float) -> dict:
+  return {**make_state(value), "key": jax.random.key(int(value))}
+
+
+def _step(state: dict) -> dict:
+  return {**state, "params": {"w": state["params"]["w"] * 2.0},
+          "key": jax.random.split(state["key"])[0]}
+
+
+@pytest.mark.parametrize("partial", [False, True], ids=["epoch", "partial"])
+def test_restored_state_lowers_to_the_fresh_states_program(tmp_path, partial):
+  """A resumed run compiles nothing the fresh run compiled: restored arrays are left
+  uncommitted where the template's are, so `jit` lowers them to the same program text
+  (the persistent compilation cache's key), and committed where the template's are."""
+  ckpt = Checkpointer(tmp_path)
+  if partial:
+    ckpt.save_partial(5, _keyed_state(3), epoch=1, epoch_step=2, phase=0, seed=0)
+    restore = lambda template: ckpt.restore_partial(template, 5)
+  else:
+    ckpt.save(1, _keyed_state(3), phase=0, seed=0)
+    restore = lambda template: ckpt.restore(template)[0]
+  fresh = _keyed_state(0)
+  restored = restore(fresh)
+  assert not any(x.committed for x in jax.tree.leaves(restored))
+  np.testing.assert_array_equal(restored["params"]["w"], np.full((3, 2), 3.0))
+  np.testing.assert_array_equal(jax.random.key_data(restored["key"]),
+                                jax.random.key_data(jax.random.key(3)))
+  step = jax.jit(_step)
+  assert step.lower(restored).as_text() == step.lower(fresh).as_text()
+  placed = jax.device_put(fresh, jax.devices()[0])
+  assert all(x.committed for x in jax.tree.leaves(restore(placed)))
   ckpt.close()
 
 

@@ -13,14 +13,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "experiments/configs/digits_lt.py:quick,epochs=2"
 
 
-def _compare(cache: pathlib.Path, workdir: pathlib.Path, *args: str) -> None:
+def _script(script: str, config: str, cache: pathlib.Path, workdir: pathlib.Path,
+            *args: str) -> None:
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.compare", f"--config={CONFIG}",
-       f"--compilation_cache={cache}", f"--workdir={workdir}", "--methods=mixup_drw",
-       "--config.plots=False", *args],
+      [sys.executable, "-m", script, f"--config={config}", f"--compilation_cache={cache}",
+       f"--workdir={workdir}", "--config.plots=False", *args],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _compare(cache: pathlib.Path, workdir: pathlib.Path, *args: str) -> None:
+  _script("experiments.compare", CONFIG, cache, workdir, "--methods=mixup_drw", *args)
 
 
 def _entries(cache: pathlib.Path) -> set[str]:
@@ -37,6 +41,20 @@ def test_other_seeds_rates_and_hyperparameters_compile_nothing(tmp_path):
   # alpha and DRW epoch: every executable must come from the cache.
   _compare(cache, tmp_path / "second", "--seeds=1,2", "--config.optim.lr=0.07",
            "--config.recipe.alpha=0.4", "--config.recipe.drw_epoch=1")
+  assert _entries(cache) == first, sorted(_entries(cache) - first)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_compiles_nothing_the_first_process_compiled(tmp_path):
+  """The restored state is placed as the fresh one was (`Checkpointer.restore`), so the
+  resumed epochs, evaluation included, run the first process's executables."""
+  cache, workdir = tmp_path / "cache", tmp_path / "run"
+  train = ("experiments.train", f"{CONFIG},method=mixup_drw", cache, workdir,
+           "--config.checkpoint_every=1", "--config.eval_every=1")
+  _script(*train, "--stop_after=1")
+  first = _entries(cache)
+  _script(*train)
+  assert (workdir / "checkpoints" / "2").is_dir()  # the second process trained epoch 2
   assert _entries(cache) == first, sorted(_entries(cache) - first)
 
 

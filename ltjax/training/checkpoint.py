@@ -75,6 +75,27 @@ def _manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(directory, options=options)
 
 
+def _committed_like(restored: PyTree, template: PyTree) -> PyTree:
+  """`restored` with every array left uncommitted where its template's array is.
+
+  Orbax places a restored array on its template's device and commits it there; a fresh
+  single-device state is uncommitted. `jax.jit` lowers a committed argument with an explicit
+  sharding, so a resumed run's programs would differ from the fresh run's (and miss the
+  persistent compilation cache: every program compiled again). The uncommitted copy goes
+  through the host once per restore.
+  """
+
+  def leaf(x: Any, like: Any) -> Any:
+    if not isinstance(x, jax.Array) or not isinstance(like, jax.Array) or like.committed:
+      return x
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(np.asarray(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    return jax.device_put(np.asarray(x))
+
+  return jax.tree.map(leaf, restored, template)
+
+
 def _write(manager: ocp.CheckpointManager, step: int, state: PyTree, meta: Any) -> None:
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
@@ -160,7 +181,7 @@ class Checkpointer:
     """The state of the mid-epoch checkpoint `global_step`, in the structure of `template`."""
     restored = self._partial().restore(global_step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(template)))
-    return restored.state
+    return _committed_like(restored.state, template)
 
   def latest_epoch(self) -> int | None:
     """Completed epochs of the last complete checkpoint, None when there is none."""
@@ -184,7 +205,8 @@ class Checkpointer:
 
     Args:
       template: a state with the saved structure; its arrays give shapes, dtypes and
-        shardings of the restored arrays.
+        shardings of the restored arrays, and whether they are committed to their devices
+        (the restored arrays are where the template's are).
       epoch: which checkpoint; None for the latest complete one.
 
     Returns:
@@ -193,7 +215,7 @@ class Checkpointer:
     epoch = self._resolve(epoch)
     restored = self._manager.restore(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
-    return restored.state, dict(restored.meta)
+    return _committed_like(restored.state, template), dict(restored.meta)
 
   def close(self) -> None:
     """Waits for pending writes and releases the managers."""

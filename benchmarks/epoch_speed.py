@@ -89,16 +89,32 @@ def write_results(name: str, payload: dict[str, Any], markdown: str,
                   results_dir: str = RESULTS_DIR) -> str:
   """Writes `<name>-<device>-<date>.json` and appends `markdown` to RESULTS.md.
 
+  A second result of `name` in the same second gets `-2`, `-3`, ... after its date
+  (never an overwrite of the first).
+
   Returns:
     The path of the JSON file.
   """
   os.makedirs(results_dir, exist_ok=True)
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M%S")
-  path = os.path.join(results_dir, f"{name}-{device_slug()}-{stamp}.json")
+  path = _reserve(os.path.join(results_dir, f"{name}-{device_slug()}-{stamp}"), ".json")
   reporting.write_json(path, payload)
   with open(os.path.join(results_dir, "RESULTS.md"), "a", encoding="utf-8") as f:
     f.write(markdown.rstrip() + "\n\n")
   return path
+
+
+def _reserve(stem: str, suffix: str) -> str:
+  """Creates (empty) and returns the first of `stem + suffix`, `stem-2 + suffix`, ... that
+  does not exist yet: an exclusive create, so two writers never get the same name."""
+  path, n = stem + suffix, 1
+  while True:
+    try:
+      os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+      return path
+    except FileExistsError:
+      n += 1
+      path = f"{stem}-{n}{suffix}"
 
 
 def publish(name: str, payload: dict[str, Any], markdown: str,

@@ -1,6 +1,7 @@
 """benchmarks/compile_flags.py's parameter comparison and medians; benchmarks/worker.py;
 the results files every benchmark writes (`epoch_speed.publish`)."""
 
+import datetime
 import os
 import pathlib
 import sys
@@ -53,3 +54,17 @@ def test_publish_writes_the_json_appends_the_section_and_prints_both(tmp_path, c
   assert results_md == "## demo\n\n| a |\n\n## other\n\n"
   printed = capsys.readouterr().out
   assert f"| a |\n\nwrote {first}\n" in printed and printed.endswith(f"wrote {second}\n")
+
+
+def test_results_of_one_second_get_their_own_files(tmp_path, monkeypatch):
+  class Frozen(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+      return datetime.datetime(2026, 12, 8, 1, 2, 3, tzinfo=tz)
+  monkeypatch.setattr(epoch_speed.datetime, "datetime", Frozen)
+  paths = [epoch_speed.write_results("demo", {"run": i}, f"## {i}", str(tmp_path))
+           for i in range(3)]
+  stem = f"demo-{epoch_speed.device_slug()}-2026-12-08-010203"
+  assert [pathlib.Path(p).name for p in paths] == [
+      f"{stem}.json", f"{stem}-2.json", f"{stem}-3.json"]
+  assert [reporting.read_json(p)["run"] for p in paths] == [0, 1, 2]

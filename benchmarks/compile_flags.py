@@ -2,7 +2,8 @@
 
 Most of the test suite's CPU time is XLA compilation of small programs. XLA:CPU's
 `--xla_backend_optimization_level` (LLVM's opt level, default 2) and
-`--xla_llvm_disable_expensive_passes` trade compile time for code speed; this benchmark
+`--xla_llvm_disable_expensive_passes` trade compile time for code speed (and
+`--xla_cpu_use_fusion_emitters=false` swaps the fusion code generator); this benchmark
 asks whether the suite (or a sweep) could compile with less optimisation without changing
 what it computes.
 
@@ -49,6 +50,8 @@ FLAG_SETS = {
     "o0": "--xla_backend_optimization_level=0",
     "o0_no_expensive_passes": ("--xla_backend_optimization_level=0 "
                                "--xla_llvm_disable_expensive_passes=true"),
+    # XLA:CPU's older loop emitters instead of its MLIR fusion emitters.
+    "no_fusion_emitters": "--xla_cpu_use_fusion_emitters=false",
 }
 
 

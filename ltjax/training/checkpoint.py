@@ -36,6 +36,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from ltjax.training import sharding
+
 PyTree = Any
 
 
@@ -88,10 +90,7 @@ def _committed_like(restored: PyTree, template: PyTree) -> PyTree:
   def leaf(x: Any, like: Any) -> Any:
     if not isinstance(x, jax.Array) or not isinstance(like, jax.Array) or like.committed:
       return x
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(np.asarray(jax.random.key_data(x)),
-                                      impl=jax.random.key_impl(x))
-    return jax.device_put(np.asarray(x))
+    return sharding.uncommitted_copy(x)
 
   return jax.tree.map(leaf, restored, template)
 

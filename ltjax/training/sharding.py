@@ -73,14 +73,20 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
 
 
 def _movable(x: Any, devices: set[jax.Device]) -> Any:
-  """`x`, or its host copy when it is an array committed to other devices than the mesh's
-  (e.g. restored onto one local device), which a jitted call over the mesh refuses."""
+  """`x`, or an uncommitted copy when it is an array committed to other devices than the
+  mesh's (e.g. restored onto one local device), which a jitted call over the mesh refuses."""
   if not isinstance(x, jax.Array) or not x.committed or x.sharding.device_set == devices:
     return x
+  return uncommitted_copy(x)
+
+
+def uncommitted_copy(x: jax.Array) -> jax.Array:
+  """`x` through the host, as an uncommitted array (free to move to any device; typed PRNG
+  keys stay keys)."""
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
     return jax.random.wrap_key_data(np.asarray(jax.random.key_data(x)),
                                     impl=jax.random.key_impl(x))
-  return np.asarray(x)
+  return jax.device_put(np.asarray(x))
 
 
 def check_divisible(batch_size: int, mesh: Mesh) -> None:
